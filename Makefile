@@ -1,0 +1,43 @@
+# gvmm build and test entry points. See README.md.
+SHELL := /bin/bash
+GO ?= go
+export PATH := $(PATH):/usr/local/go/bin
+
+# Packages whose compiled test binaries also run under (nested) KVM.
+KVM_TEST_PKGS := ./kvm ./vmm ./tests/integration
+
+.PHONY: all build test test-unit test-kvm demo bench generate vet fmt-check clean
+
+all: build
+
+build:
+	mkdir -p bin
+	CGO_ENABLED=0 $(GO) build -o bin/gvmm ./cmd/gvmm
+
+# Unit tests (race detector), then the KVM integration tests: directly when
+# the host has /dev/kvm, otherwise inside the nested QEMU/TCG machine.
+test: fmt-check vet test-unit test-kvm
+
+test-unit:
+	$(GO) test -race -count=1 ./...
+
+test-kvm:
+	$(GO) run ./tests/nested test $(KVM_TEST_PKGS)
+
+demo:
+	$(GO) run ./tests/nested demo
+
+bench:
+	$(GO) run ./tests/nested bench
+
+generate:
+	$(GO) generate ./kvm
+
+vet:
+	$(GO) vet ./...
+
+fmt-check:
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+
+clean:
+	rm -rf bin .cache/gvmm/build
