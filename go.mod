@@ -2,4 +2,8 @@ module github.com/gvmm/gvmm
 
 go 1.26.8
 
-require golang.org/x/sys v0.50.0 // indirect
+require (
+	github.com/google/go-tpm v0.9.8
+	github.com/google/go-tpm-tools v0.4.10
+	golang.org/x/sys v0.50.0 // indirect
+)

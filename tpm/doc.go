@@ -1,0 +1,49 @@
+// Package tpm is gvmm's trust base: it owns every conversation with a TPM
+// and the cryptographic decisions built on one.
+//
+// What it owns:
+//
+//   - Transports (transport.go, stream.go, sim_*.go): one interface, three
+//     backends chosen by a URI: "sim" (the embedded reference TPM, cgo),
+//     "swtpm+tcp://127.0.0.1:PORT" / "swtpm+unix:///path" (a separate swtpm
+//     process, raw TPM 2.0 commands on its data channel) and
+//     "device:///dev/tpmrm0" (a hardware TPM through the kernel's resource
+//     manager).
+//   - Measured launch (measure.go): gvmm's executable, configuration and
+//     policy bundle are extended into one PCR as typed events whose digests
+//     cover the event type as well as the data; a closing event ends the
+//     window in which sealed secrets can be unsealed.
+//   - Sealed storage (seal.go, store.go): a 32-byte key-encryption key sealed
+//     to PCR values (PolicyPCR) or to an offline signing key's approval of
+//     PCR values (PolicyAuthorize), and AES-256-GCM blobs under it in the
+//     host state directory.
+//   - Host identity and enrollment (identity.go, enroll.go): an endorsement
+//     key, a restricted attestation key, credential activation, and the
+//     verifier's record of the enrolled AK and the trust level it computed.
+//   - Remote attestation (attest.go, verify.go): single-use expiring nonces,
+//     quotes whose extra data binds nonce, migration id, host id and the
+//     ephemeral key that will receive secrets, and a verifier that checks all
+//     of it itself.
+//   - Key release (release.go): a secret wrapped to an attested TPM's EK
+//     under a PCR policy (TPM2_Import), or ECDH to the quoted ephemeral key.
+//
+// What it protects against: a host that lies about what it runs (the
+// verifier trusts only TPM-signed quotes from an AK it enrolled itself and
+// replays the log against them); replayed or relayed evidence (nonces are
+// single-use and expire, and the quote is bound to migration id, host and
+// receiving key); substituted keys (an AK in evidence is never used; only a
+// restricted, fixedTPM AK proven by credential activation is enrolled);
+// offline theft of the state directory (blobs are sealed to this TPM and to
+// gvmm's measured state); and a later compromise within the same boot (the
+// closing event makes unsealing impossible after start-up).
+//
+// What it does not protect against: a software TPM (simulator, swtpm) is
+// only as trustworthy as the host that runs it, and PCR 23 can be reset from
+// locality 0 by any local process. The verifier reports such hosts with the
+// lowest trust level. The fixed-seed simulator is insecure by construction and
+// is marked so wherever it appears.
+//
+// Every function that talks to a TPM takes a context.Context; every input
+// from outside (evidence, logs, blobs, credentials) is size- and
+// version-checked before use and every check fails closed.
+package tpm
