@@ -1,0 +1,148 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"time"
+)
+
+const guestUp = "gvmm-guest: userspace up"
+
+// demoArgs is the gvmm command line of the demo.
+func demoArgs(gvmm, kernel, initrd, mem string, cpus int, cmdline string) []string {
+	return []string{gvmm, "run", "--kernel", kernel, "--initrd", initrd,
+		"--memory", mem, "--cpus", fmt.Sprint(cpus), "--cmdline", cmdline}
+}
+
+// demoMode implements "demo [flags]".
+func demoMode(ctx context.Context, p *progress, args []string) error {
+	fs := flag.NewFlagSet("demo", flag.ContinueOnError)
+	var f l1Flags
+	f.register(fs, 30*time.Minute)
+	guestMem := fs.String("guest-mem", "512M", "guest memory (gvmm run --memory)")
+	guestCPUs := fs.Int("guest-cpus", 2, "guest vCPUs (gvmm run --cpus)")
+	extra := fs.String("append", "", "more guest kernel command line (e.g. quiet)")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("%w: demo takes no arguments", errUsage)
+	}
+	nested, err := useNested(p)
+	if err != nil {
+		return err
+	}
+	h, err := newHarness(ctx, p, f.keep)
+	if err != nil {
+		return err
+	}
+	defer h.close()
+
+	p.say("building gvmm")
+	gvmmBin := filepath.Join(h.work, "gvmm")
+	if err := h.tool.build(ctx, gvmmBin, "./cmd/gvmm"); err != nil {
+		return err
+	}
+	gp, err := h.prepareGuest(ctx)
+	if err != nil {
+		return err
+	}
+
+	interactive := isTerminal(os.Stdin) && isTerminal(os.Stdout)
+	cmdline := "console=ttyS0 panic=-1"
+	if !interactive {
+		cmdline += " gvmm.demo=auto" // the guest reports and powers off
+	}
+	if *extra != "" {
+		cmdline += " " + *extra
+	}
+
+	if !nested {
+		a := demoArgs(gvmmBin, gp.guest.kernel, gp.guest.initrd, *guestMem, *guestCPUs, cmdline)
+		banner(p, interactive, false)
+		cmd := exec.Command(a[0], a[1:]...)
+		if interactive {
+			cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
+			return cmd.Run()
+		}
+		parser := newConsoleParser()
+		parser.watchFor(guestUp)
+		out := stream(ctx, p, cmd, f.timeout, f.silence, func(s string) bool {
+			parser.Line(s)
+			return true
+		})
+		switch {
+		case out.silent || out.timedOut:
+			return errors.New("gvmm run was killed (see above)")
+		case out.err != nil:
+			return fmt.Errorf("gvmm run: %w", out.err)
+		case !parser.sawLine(guestUp):
+			return fmt.Errorf("the guest never printed %q", guestUp)
+		}
+		p.say("demo done: the guest reached userspace and powered off")
+		return nil
+	}
+
+	pl := l1Plan{
+		mode:     "demo",
+		demoArgs: demoArgs(l1GvmmBin, l1GuestKernel, l1GuestInitrd, *guestMem, *guestCPUs, cmdline),
+	}
+	if !interactive {
+		pl.heartbeat = 20 // not on a terminal the user types into
+	}
+	l1, err := h.writeL1(gp, gvmmBin, pl, f.compress)
+	if err != nil {
+		return err
+	}
+	c := l1Config{kernel: gp.deb.vmlinuz(), initrd: l1, memMiB: f.memMiB, cpus: f.cpus, interactive: interactive}
+	banner(p, interactive, true)
+	if interactive {
+		return runL1Interactive(ctx, c)
+	}
+	parser, out := h.bootL1(ctx, c, f, func() *consoleParser {
+		pr := newConsoleParser()
+		pr.watchFor(guestUp)
+		return pr
+	})
+	if why := l1Problem(out, f); why != "" {
+		return errors.New(why)
+	}
+	switch {
+	case len(parser.errors) > 0:
+		return fmt.Errorf("in L1: %s", strings.Join(parser.errors, "; "))
+	case !parser.demoRan:
+		return errors.New("L1 did not report gvmm's exit status")
+	case parser.demoRC != 0:
+		return fmt.Errorf("gvmm run exited with status %d in L1", parser.demoRC)
+	case !parser.sawLine(guestUp):
+		return fmt.Errorf("the guest never printed %q", guestUp)
+	}
+	p.say("demo done: the guest reached userspace inside L1 and powered off")
+	return nil
+}
+
+// banner says what is about to happen and how to get out.
+func banner(p *progress, interactive, nested bool) {
+	if nested {
+		p.say("This host has no usable /dev/kvm, so the demo runs one level down: QEMU emulates")
+		p.say("an AMD CPU with SVM (TCG, no hardware help), Linux boots in it (L1) and loads kvm-amd,")
+		p.say("and gvmm runs in L1 on that /dev/kvm to boot the guest (L2). Booting L1 takes a")
+		p.say("minute or so under TCG, and the guest boots slowly there too: be patient.")
+	} else {
+		p.say("Running gvmm directly on this host's /dev/kvm.")
+	}
+	if interactive {
+		p.say("You get a shell in the guest (prompt \"guest# \"). Type poweroff to leave.")
+		if nested {
+			p.say("If anything hangs, Ctrl-a x quits QEMU.")
+		}
+	} else {
+		p.say("Not on a terminal: the guest prints uname, its agent line and free, then powers off.")
+	}
+}

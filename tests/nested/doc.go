@@ -1,0 +1,49 @@
+// Command nested runs gvmm's KVM test binaries and demo where /dev/kvm
+// exists, and builds a machine that has one where it does not.
+//
+// Usage (from the repository root):
+//
+//	go run ./tests/nested test [flags] PKG...   run PKG's tests under KVM
+//	go run ./tests/nested demo [flags]          boot a Linux guest with gvmm
+//	go run ./tests/nested bench                 not yet implemented
+//
+// When the host has a usable /dev/kvm, the compiled test binaries (and the
+// demo) run directly on it. Otherwise the harness builds an "L1" machine:
+// QEMU with the TCG emulator and an AMD CPU model with SVM, booting
+// Debian's kernel with an initramfs that loads kvm-amd (so /dev/kvm exists
+// inside L1), then runs the same binaries there and powers off. Results
+// come back over L1's serial console, framed by marker lines:
+//
+//	=== GVMM-NESTED BEGIN <pkg>
+//	... go test -test.v output ...
+//	=== GVMM-NESTED END <pkg> rc=<exit status>
+//	=== GVMM-NESTED DONE
+//
+// A package passes when its END marker says rc=0 and its output has no
+// "--- SKIP" line: inside L1, /dev/kvm is promised, so a test that skips
+// for lack of KVM is a failure. L1 also prints a heartbeat marker every
+// few seconds; under this emulation L1 now and then wedges with both vCPUs
+// spinning and no timer firing, which stops the heartbeat too. No output
+// for -silence means such a wedge: the harness kills QEMU, says so, and
+// retries the whole L1 run once.
+//
+// GVMM_NESTED=force takes the nested path even with /dev/kvm (to test the
+// harness itself); GVMM_NESTED=off runs directly even without it.
+//
+// Every test binary gets this environment (paths inside L1, or on the host
+// when running directly):
+//
+//	GVMM_REQUIRE_KVM=1          a missing /dev/kvm is a failure, not a skip
+//	GVMM_BIN                    the gvmm binary
+//	GVMM_GUEST_KERNEL           Debian's vmlinuz, for Linux guests (L2)
+//	GVMM_GUEST_INITRD           the guest initramfs (see tests/guest)
+//
+// The guest image is Debian's kernel and an initramfs written here (newc
+// cpio, gzip) holding busybox-static, tests/guest/init as /init, the wrapper
+// scripts in tests/guest/bin, and the static agent from tests/guest/agent.
+//
+// Downloads (apt-get download, unpacked with dpkg -x) are cached under
+// $GVMM_CACHE (default <repo>/.cache/gvmm), one folder per package version.
+// Each run builds into its own folder under $GVMM_CACHE/build, removed at the
+// end unless -keep is given.
+package main

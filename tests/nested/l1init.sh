@@ -1,0 +1,69 @@
+#!/bin/sh
+# /init of the L1 machine that tests/nested boots under QEMU/TCG with an
+# SVM-capable CPU model. It loads kvm-amd so that /dev/kvm exists, then runs
+# the test binaries or the demo that /gvmm/plan.sh names, and powers off.
+# The "=== GVMM-NESTED" lines are parsed by the harness (markers.go); keep
+# them in step.
+export PATH=/usr/local/bin:/bin:/sbin:/usr/bin:/usr/sbin HOME=/root TMPDIR=/tmp
+
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+mkdir -p /dev/pts /dev/shm
+mount -t devpts devpts /dev/pts
+mount -t tmpfs tmpfs /dev/shm
+echo "=== GVMM-NESTED L1 UP"
+
+. /gvmm/plan.sh
+
+for m in $GVMM_MODULES; do
+	insmod "/gvmm/modules/$m" || echo "=== GVMM-NESTED ERROR insmod $m failed"
+done
+[ -e /dev/kvm ] || mknod /dev/kvm c 10 232
+if [ -e /sys/class/misc/kvm ]; then
+	echo "=== GVMM-NESTED KVM READY"
+else
+	echo "=== GVMM-NESTED ERROR no /dev/kvm in L1: kvm-amd did not register it"
+fi
+if [ ! -e /dev/net/tun ]; then
+	mkdir -p /dev/net
+	mknod /dev/net/tun c 10 200
+fi
+
+# A wedged L1 stops printing this too; the harness watches for silence.
+hb=
+if [ "$GVMM_HEARTBEAT" -gt 0 ]; then
+	(while sleep "$GVMM_HEARTBEAT"; do echo "=== GVMM-NESTED HEARTBEAT"; done) &
+	hb=$!
+fi
+
+export GVMM_REQUIRE_KVM=1
+export GVMM_BIN=/gvmm/bin/gvmm
+export GVMM_GUEST_KERNEL=/gvmm/guest/vmlinuz
+export GVMM_GUEST_INITRD=/gvmm/guest/initrd.cpio.gz
+
+case "$GVMM_MODE" in
+test)
+	while read -r dir pkg; do
+		echo "=== GVMM-NESTED BEGIN $pkg"
+		(cd "/gvmm/tests/$dir" && exec "./$dir.test" -test.v -test.timeout="$GVMM_TEST_TIMEOUT") </dev/null 2>&1
+		echo "=== GVMM-NESTED END $pkg rc=$?"
+	done </gvmm/tests.list
+	;;
+demo)
+	if [ -x "$GVMM_BIN" ]; then
+		# setsid + cttyhack: the console becomes gvmm's controlling tty.
+		setsid cttyhack sh -c '. /gvmm/plan.sh; gvmm_demo'
+		echo "=== GVMM-NESTED DEMO rc=$?"
+	else
+		echo "=== GVMM-NESTED ERROR $GVMM_BIN is missing"
+	fi
+	;;
+*)
+	echo "=== GVMM-NESTED ERROR unknown mode $GVMM_MODE"
+	;;
+esac
+
+[ -n "$hb" ] && kill "$hb"
+echo "=== GVMM-NESTED DONE"
+poweroff -f

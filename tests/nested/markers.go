@@ -1,0 +1,202 @@
+package main
+
+import (
+	"fmt"
+	"strconv"
+	"strings"
+)
+
+// Marker lines that L1's /init (l1init.sh) prints on the serial console.
+const (
+	markerPrefix    = "=== GVMM-NESTED "
+	markerUp        = markerPrefix + "L1 UP"     // userspace in L1 started
+	markerKVM       = markerPrefix + "KVM READY" // /dev/kvm is there
+	markerBegin     = markerPrefix + "BEGIN "    // + package
+	markerEnd       = markerPrefix + "END "      // + package + " rc=N"
+	markerError     = markerPrefix + "ERROR "    // + what went wrong in L1
+	markerHeartbeat = markerPrefix + "HEARTBEAT" // L1 is alive; not shown
+	markerDemo      = markerPrefix + "DEMO rc="  // + gvmm run's exit status
+	markerDone      = markerPrefix + "DONE"      // L1 is about to power off
+)
+
+// pkgResult is what the console said about one test package.
+type pkgResult struct {
+	pkg     string
+	begun   bool     // BEGIN seen
+	ended   bool     // END seen; rc is valid only then
+	rc      int      // exit status of the test binary
+	skipped []string // tests that printed "--- SKIP: name"
+	failed  []string // tests that printed "--- FAIL: name"
+}
+
+// verdict says whether the package passed and, if not, why.
+func (r *pkgResult) verdict() (ok bool, why string) {
+	switch {
+	case !r.begun:
+		return false, "never started (no BEGIN marker)"
+	case !r.ended:
+		return false, "did not finish (no END marker)"
+	case r.rc != 0 && len(r.failed) > 0:
+		return false, fmt.Sprintf("rc=%d, failed: %s", r.rc, strings.Join(r.failed, ", "))
+	case r.rc != 0:
+		return false, fmt.Sprintf("rc=%d", r.rc)
+	case len(r.skipped) > 0:
+		return false, "skipped under KVM: " + strings.Join(r.skipped, ", ")
+	}
+	return true, "ok"
+}
+
+// consoleParser follows L1's console output (or a direct run's output,
+// framed the same way) line by line. It is not safe for concurrent use.
+type consoleParser struct {
+	results map[string]*pkgResult
+	order   []string   // packages in the order BEGIN markers arrived
+	cur     *pkgResult // package between BEGIN and END, or nil
+	errors  []string   // ERROR markers, and BEGIN/END that did not pair up
+	up      bool       // L1 UP seen
+	kvm     bool       // KVM READY seen
+	done    bool       // DONE seen
+	demoRC  int        // valid when demoRan
+	demoRan bool       // DEMO rc= seen
+	panic   string     // first "Kernel panic" line
+	lines   map[string]bool
+}
+
+func newConsoleParser() *consoleParser {
+	return &consoleParser{results: map[string]*pkgResult{}, lines: map[string]bool{}}
+}
+
+// watchFor makes sawLine report whether a line equal to s (after trimming
+// spaces) went by, e.g. the guest's "gvmm-guest: userspace up".
+func (p *consoleParser) watchFor(s string) { p.lines[s] = false }
+
+// sawLine reports whether a line given to watchFor was seen.
+func (p *consoleParser) sawLine(s string) bool { return p.lines[s] }
+
+// isHeartbeat reports whether the line is only there to show L1 is alive.
+func isHeartbeat(line string) bool {
+	return strings.TrimSpace(strings.TrimRight(line, "\r")) == markerHeartbeat
+}
+
+// Line takes one line of output, without its newline.
+func (p *consoleParser) Line(line string) {
+	line = strings.TrimRight(line, "\r")
+	t := strings.TrimSpace(line)
+	if _, ok := p.lines[t]; ok {
+		p.lines[t] = true
+	}
+	// Kernel messages can land in front of a marker on the same line, so
+	// markers are found anywhere in the line, not only at its start.
+	if i := strings.Index(t, markerPrefix); i >= 0 {
+		p.marker(t[i:])
+		return
+	}
+	if p.panic == "" && strings.Contains(t, "Kernel panic") {
+		p.panic = t
+	}
+	if p.cur == nil {
+		return
+	}
+	// go test -v prints "--- SKIP: TestX (0.00s)", indented for subtests.
+	for _, kind := range []struct {
+		prefix string
+		list   *[]string
+	}{{"--- SKIP: ", &p.cur.skipped}, {"--- FAIL: ", &p.cur.failed}} {
+		if rest, ok := strings.CutPrefix(t, kind.prefix); ok {
+			name, _, _ := strings.Cut(rest, " ")
+			*kind.list = append(*kind.list, name)
+		}
+	}
+}
+
+func (p *consoleParser) marker(m string) {
+	switch {
+	case m == markerUp:
+		p.up = true
+	case m == markerKVM:
+		p.kvm = true
+	case m == markerDone:
+		p.done = true
+	case m == markerHeartbeat:
+	case strings.HasPrefix(m, markerError):
+		p.errors = append(p.errors, strings.TrimPrefix(m, markerError))
+	case strings.HasPrefix(m, markerDemo):
+		rc, err := strconv.Atoi(strings.TrimPrefix(m, markerDemo))
+		if err != nil {
+			p.errors = append(p.errors, "unreadable marker: "+m)
+			return
+		}
+		p.demoRC, p.demoRan = rc, true
+	case strings.HasPrefix(m, markerBegin):
+		pkg := strings.TrimPrefix(m, markerBegin)
+		if p.cur != nil {
+			p.errors = append(p.errors, fmt.Sprintf("BEGIN %s while %s had not ended", pkg, p.cur.pkg))
+		}
+		r := p.results[pkg]
+		if r == nil {
+			r = &pkgResult{pkg: pkg}
+			p.results[pkg] = r
+			p.order = append(p.order, pkg)
+		}
+		r.begun = true
+		p.cur = r
+	case strings.HasPrefix(m, markerEnd):
+		rest := strings.TrimPrefix(m, markerEnd)
+		i := strings.LastIndex(rest, " rc=")
+		if i < 0 {
+			p.errors = append(p.errors, "unreadable marker: "+m)
+			return
+		}
+		pkg := rest[:i]
+		rc, err := strconv.Atoi(rest[i+len(" rc="):])
+		if err != nil {
+			p.errors = append(p.errors, "unreadable marker: "+m)
+			return
+		}
+		if p.cur == nil || p.cur.pkg != pkg {
+			p.errors = append(p.errors, fmt.Sprintf("END %s without its BEGIN", pkg))
+			return
+		}
+		p.cur.ended, p.cur.rc = true, rc
+		p.cur = nil
+	default:
+		p.errors = append(p.errors, "unknown marker: "+m)
+	}
+}
+
+// result returns what was seen of pkg (an empty result if nothing).
+func (p *consoleParser) result(pkg string) *pkgResult {
+	if r := p.results[pkg]; r != nil {
+		return r
+	}
+	return &pkgResult{pkg: pkg}
+}
+
+// summarize turns what p saw into one line per package in pkgs, plus lines
+// for problems outside any package, and counts passes and failures (each
+// such problem counts as one failure).
+func summarize(p *consoleParser, pkgs []string) (lines []string, passed, failed int) {
+	for _, pkg := range pkgs {
+		ok, why := p.result(pkg).verdict()
+		if ok {
+			passed++
+			lines = append(lines, "PASS "+pkg)
+			continue
+		}
+		failed++
+		lines = append(lines, fmt.Sprintf("FAIL %s: %s", pkg, why))
+	}
+	for _, e := range p.errors {
+		failed++
+		lines = append(lines, "FAIL "+e)
+	}
+	if !p.done {
+		failed++
+		why := "run did not finish (no DONE marker)"
+		if p.panic != "" {
+			why += "; " + p.panic
+		}
+		lines = append(lines, "FAIL "+why)
+	}
+	return lines, passed, failed
+}

@@ -1,0 +1,176 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"time"
+)
+
+// testMode implements "test [flags] PKG...".
+func testMode(ctx context.Context, p *progress, args []string) error {
+	fs := flag.NewFlagSet("test", flag.ContinueOnError)
+	var f l1Flags
+	f.register(fs, 60*time.Minute)
+	testTimeout := fs.Duration("test-timeout", 20*time.Minute, "-test.timeout of each test binary")
+	noGvmm := fs.Bool("no-gvmm", false, "do not build ./cmd/gvmm (for tests that do not need it)")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	pkgs := fs.Args()
+	if len(pkgs) == 0 {
+		return fmt.Errorf("%w: no packages given", errUsage)
+	}
+	nested, err := useNested(p)
+	if err != nil {
+		return err
+	}
+	h, err := newHarness(ctx, p, f.keep)
+	if err != nil {
+		return err
+	}
+	defer h.close()
+
+	var problems []string // failures outside the test packages
+	gvmmBin := ""
+	if !*noGvmm {
+		p.say("building gvmm")
+		gvmmBin = filepath.Join(h.work, "gvmm")
+		if err := h.tool.build(ctx, gvmmBin, "./cmd/gvmm"); err != nil {
+			p.say("%v", err)
+			problems = append(problems, "build ./cmd/gvmm failed (tests that need GVMM_BIN will fail too)")
+			gvmmBin = ""
+		}
+	}
+	tests := h.tool.buildTests(ctx, p, pkgs, h.work)
+	var runnable []testPkg
+	var runPkgs []string
+	noTests := 0
+	for _, t := range tests {
+		switch {
+		case t.err != nil:
+			p.say("%v", t.err)
+			problems = append(problems, fmt.Sprintf("%s: does not build", t.pkg))
+		case t.noTests != "":
+			noTests++
+		default:
+			runnable = append(runnable, t)
+			runPkgs = append(runPkgs, t.pkg)
+		}
+	}
+	gp, err := h.prepareGuest(ctx)
+	if err != nil {
+		return err
+	}
+
+	parser := newConsoleParser()
+	switch {
+	case len(runnable) == 0:
+		p.say("no test binaries to run")
+		parser.Line(markerDone)
+	case nested:
+		pl := l1Plan{mode: "test", tests: runnable, testTimeout: *testTimeout, heartbeat: 20}
+		l1, err := h.writeL1(gp, gvmmBin, pl, f.compress)
+		if err != nil {
+			return err
+		}
+		c := l1Config{kernel: gp.deb.vmlinuz(), initrd: l1, memMiB: f.memMiB, cpus: f.cpus}
+		var out streamOutcome
+		parser, out = h.bootL1(ctx, c, f, newConsoleParser)
+		if why := l1Problem(out, f); why != "" {
+			problems = append(problems, why)
+		}
+	default:
+		env := []string{
+			"GVMM_REQUIRE_KVM=1",
+			"GVMM_BIN=" + gvmmBin,
+			"GVMM_GUEST_KERNEL=" + gp.guest.kernel,
+			"GVMM_GUEST_INITRD=" + gp.guest.initrd,
+		}
+		if why := runDirect(ctx, p, runnable, env, *testTimeout, f.timeout, parser); why != "" {
+			problems = append(problems, why)
+		}
+	}
+
+	lines, passed, failed := summarize(parser, runPkgs)
+	p.say("summary:")
+	for _, t := range tests {
+		if t.noTests != "" {
+			p.relay(fmt.Sprintf("  NO TESTS %s (%s)", t.pkg, t.noTests))
+		}
+	}
+	for _, l := range lines {
+		p.relay("  " + l)
+	}
+	for _, pr := range problems {
+		p.relay("  FAIL " + pr)
+		failed++
+	}
+	p.relay(fmt.Sprintf("%d passed, %d failed, %d without tests (%s)", passed, failed, noTests, fmtDur(p.elapsed())))
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	if failed > 0 {
+		return fmt.Errorf("%d failed", failed)
+	}
+	return nil
+}
+
+// writeL1 writes L1's initramfs for the plan into the run's folder.
+func (h *harness) writeL1(gp guestParts, gvmmBin string, pl l1Plan, compress bool) (string, error) {
+	path := filepath.Join(h.work, "l1-initrd.cpio")
+	if compress {
+		path += ".gz"
+	}
+	start := time.Now()
+	if err := buildL1(gp.deb, gp.applets, gvmmBin, gp.guest, pl, path, compress); err != nil {
+		return "", fmt.Errorf("L1 initramfs: %w", err)
+	}
+	if fi, err := os.Stat(path); err == nil {
+		h.p.say("wrote L1's initramfs (%d MiB) in %s", fi.Size()>>20, fmtDur(time.Since(start)))
+	}
+	return path, nil
+}
+
+// runDirect runs the test binaries on this host, one after the other,
+// framed by the same markers L1 prints, and returns a problem outside the
+// packages, if any.
+func runDirect(ctx context.Context, p *progress, tests []testPkg, env []string, testTimeout, total time.Duration, parser *consoleParser) string {
+	ctx, cancel := context.WithTimeout(ctx, total)
+	defer cancel()
+	say := func(s string) { p.relay(s); parser.Line(s) }
+	for _, t := range tests {
+		if ctx.Err() != nil {
+			break
+		}
+		say(markerBegin + t.pkg)
+		cmd := exec.Command(t.bin, "-test.v", "-test.timeout="+testTimeout.String())
+		cmd.Dir = t.dir // as go test does: testdata/ is found relative to it
+		cmd.Env = append(os.Environ(), env...)
+		// A minute more than the binary's own timeout, which then panics
+		// with every goroutine's stack: that report is worth the wait.
+		out := stream(ctx, p, cmd, testTimeout+time.Minute, 0, func(s string) bool {
+			parser.Line(s)
+			return true
+		})
+		rc := 0
+		var ee *exec.ExitError
+		switch {
+		case errors.As(out.err, &ee):
+			rc = ee.ExitCode() // -1 when killed by a signal
+		case out.err != nil:
+			p.say("%s: %v", t.pkg, out.err)
+			rc = -1
+		}
+		say(fmt.Sprintf("%s%s rc=%d", markerEnd, t.pkg, rc))
+	}
+	if ctx.Err() != nil {
+		return fmt.Sprintf("direct run did not finish within -timeout %v", total)
+	}
+	say(markerDone)
+	return ""
+}
