@@ -393,3 +393,6 @@ func ecdsaSignature(sig *tpm2.TPMTSignature) (r, s *big.Int, err error) {
 	}
 	return new(big.Int).SetBytes(e.SignatureR.Buffer), new(big.Int).SetBytes(e.SignatureS.Buffer), nil
 }
+
+// bigInt converts unsigned big-endian bytes.
+func bigInt(b []byte) *big.Int { return new(big.Int).SetBytes(b) }

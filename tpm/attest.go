@@ -1,0 +1,370 @@
+package tpm
+
+import (
+	"bytes"
+	"context"
+	"crypto/ecdsa"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"slices"
+	"time"
+
+	"github.com/google/go-tpm/tpm2"
+)
+
+// Challenge is a verifier's attestation challenge.
+type Challenge struct {
+	Nonce       []byte    `json:"nonce"`
+	MigrationID string    `json:"migration_id"`
+	Expires     time.Time `json:"expires"`
+}
+
+// Evidence is what a host returns for a challenge. It carries no AK: the
+// verifier uses only the AK it enrolled. All of it is untrusted.
+type Evidence struct {
+	Version     int    `json:"version"`
+	HostID      string `json:"host_id"`
+	MigrationID string `json:"migration_id"`
+	Nonce       []byte `json:"nonce"`
+	// EphemeralPub is the key that will receive secrets (an uncompressed
+	// P-256 point, or empty).
+	EphemeralPub []byte `json:"ephemeral_pub"`
+	// PCRs and PCRValues are the quoted SHA-256 PCRs and their values.
+	PCRs      []int    `json:"pcrs"`
+	PCRValues [][]byte `json:"pcr_values"`
+	// Quoted is the TPMS_ATTEST the TPM signed; SigR/SigS the signature.
+	Quoted []byte `json:"quoted"`
+	SigR   []byte `json:"sig_r"`
+	SigS   []byte `json:"sig_s"`
+	// Log is the encoded measurement log of the measured PCR.
+	Log []byte `json:"log"`
+}
+
+const (
+	evidenceVersion = 1
+	nonceSize       = 32
+	maxIDLen        = 128
+	maxEvidence     = 256 << 10
+	// quoteDomain separates gvmm quote extra data from anything else.
+	quoteDomain = "gvmm-quote-v1\x00"
+)
+
+// ParseEvidence decodes evidence from an untrusted source: size-limited,
+// unknown fields (such as an AK the host would like used) rejected.
+func ParseEvidence(r io.Reader) (*Evidence, error) {
+	b, err := io.ReadAll(io.LimitReader(r, maxEvidence+1))
+	if err != nil {
+		return nil, fmt.Errorf("parse evidence: %w", err)
+	}
+	if len(b) > maxEvidence {
+		return nil, fmt.Errorf("parse evidence: %w: larger than %d bytes", ErrEvidence, maxEvidence)
+	}
+	d := json.NewDecoder(bytes.NewReader(b))
+	d.DisallowUnknownFields()
+	var ev Evidence
+	if err := d.Decode(&ev); err != nil {
+		return nil, fmt.Errorf("parse evidence: %w: %w", ErrEvidence, err)
+	}
+	if d.More() {
+		return nil, fmt.Errorf("parse evidence: %w: trailing data", ErrEvidence)
+	}
+	return &ev, nil
+}
+
+// QuoteExtraData is the quote's qualifying data: SHA-256 over the domain
+// and the length-prefixed nonce, migration id, host id and ephemeral key.
+// A quote made for one of them is useless for any other.
+func QuoteExtraData(nonce []byte, migrationID, hostID string, ephemeralPub []byte) []byte {
+	h := sha256.New()
+	h.Write([]byte(quoteDomain))
+	for _, f := range [][]byte{nonce, []byte(migrationID), []byte(hostID), ephemeralPub} {
+		var n [4]byte
+		binary.BigEndian.PutUint32(n[:], uint32(len(f)))
+		h.Write(n[:])
+		h.Write(f)
+	}
+	return h.Sum(nil)
+}
+
+// Attest quotes pcrs with gvmm's AK for challenge ch and returns evidence.
+func (t *TPM) Attest(ctx context.Context, ch *Challenge, hostID string, ephemeralPub []byte, pcrs []int, log *Log) (*Evidence, error) {
+	if len(ch.Nonce) != nonceSize || len(ch.MigrationID) > maxIDLen {
+		return nil, errors.New("attest: malformed challenge")
+	}
+	pcrs = sortedPCRs(pcrs)
+	sel, err := pcrSelection(pcrs)
+	if err != nil {
+		return nil, fmt.Errorf("attest: %w", err)
+	}
+	logBytes, err := log.MarshalBinary()
+	if err != nil {
+		return nil, fmt.Errorf("attest: %w", err)
+	}
+	ev := &Evidence{
+		Version: evidenceVersion, HostID: hostID, MigrationID: ch.MigrationID,
+		Nonce: ch.Nonce, EphemeralPub: ephemeralPub, PCRs: pcrs, Log: logBytes,
+	}
+	extra := QuoteExtraData(ch.Nonce, ch.MigrationID, hostID, ephemeralPub)
+	err = t.do(ctx, func(tr transportTPM) error {
+		ak, _, done, err := akHandle(tr)
+		if err != nil {
+			return err
+		}
+		defer done()
+		rsp, err := tpm2.Quote{
+			SignHandle:     tpm2.AuthHandle{Handle: ak.Handle, Name: ak.Name, Auth: tpm2.PasswordAuth(nil)},
+			QualifyingData: tpm2.TPM2BData{Buffer: extra},
+			InScheme: tpm2.TPMTSigScheme{
+				Scheme:  tpm2.TPMAlgECDSA,
+				Details: tpm2.NewTPMUSigScheme(tpm2.TPMAlgECDSA, &tpm2.TPMSSchemeHash{HashAlg: tpm2.TPMAlgSHA256}),
+			},
+			PCRSelect: sel,
+		}.Execute(tr)
+		if err != nil {
+			return fmt.Errorf("quote: %w", err)
+		}
+		r, s, err := ecdsaSignature(&rsp.Signature)
+		if err != nil {
+			return fmt.Errorf("quote: %w", err)
+		}
+		ev.Quoted = rsp.Quoted.Bytes()
+		ev.SigR, ev.SigS = r.Bytes(), s.Bytes()
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("attest: %w", err)
+	}
+	// The values are read after the quote; if a PCR changed in between the
+	// verifier's digest check fails, which is the safe outcome.
+	vals, err := t.ReadPCRs(ctx, pcrs)
+	if err != nil {
+		return nil, fmt.Errorf("attest: %w", err)
+	}
+	for _, p := range pcrs {
+		v := vals[p]
+		ev.PCRValues = append(ev.PCRValues, v[:])
+	}
+	return ev, nil
+}
+
+// Challenge issues a single-use nonce for migrationID that expires after
+// the configured TTL.
+func (v *Verifier) Challenge(migrationID string) (*Challenge, error) {
+	if migrationID == "" || len(migrationID) > maxIDLen {
+		return nil, errors.New("challenge: migration id must be 1-128 bytes")
+	}
+	var n [nonceSize]byte
+	if _, err := rand.Read(n[:]); err != nil {
+		return nil, fmt.Errorf("challenge: %w", err)
+	}
+	c := &Challenge{Nonce: n[:], MigrationID: migrationID, Expires: v.now().Add(v.cfg.NonceTTL)}
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	v.pruneLocked()
+	if len(v.nonces) >= maxOutstanding {
+		return nil, errors.New("challenge: too many outstanding challenges")
+	}
+	v.nonces[n] = c
+	return c, nil
+}
+
+// Policy is what the verifier requires of a host's measured state.
+type Policy struct {
+	// PCRs is the exact SHA-256 PCR selection a quote must cover.
+	PCRs []int `json:"pcrs"`
+	// MeasuredPCR is the PCR gvmm's measurement log covers; it must be in
+	// PCRs, and the log must replay to its quoted value.
+	MeasuredPCR int `json:"measured_pcr"`
+	// Golden lists, per selected PCR, the values accepted. Every PCR in
+	// PCRs must have at least one.
+	Golden map[int][][]byte `json:"golden"`
+	// MinTrust is the lowest trust level accepted.
+	MinTrust TrustLevel `json:"min_trust"`
+}
+
+// Expect is what the caller of Verify knows independently of the evidence.
+type Expect struct {
+	// MigrationID the evidence must be bound to.
+	MigrationID string
+	// EphemeralPub, if set, is the receiving key the evidence must bind.
+	EphemeralPub []byte
+}
+
+// Result is a successful verification.
+type Result struct {
+	HostID       string
+	MigrationID  string
+	Trust        TrustLevel
+	EphemeralPub []byte
+	PCRs         map[int][32]byte
+	// Events is what was measured, from the replayed log.
+	Events []Event
+}
+
+// Verification errors. Every failure wraps ErrEvidence and one of these
+// where it applies.
+var (
+	ErrEvidence       = errors.New("evidence rejected")
+	ErrNonceUnknown   = errors.New("nonce unknown, already used or forged")
+	ErrNonceExpired   = errors.New("nonce expired")
+	ErrNotEnrolled    = errors.New("host not enrolled")
+	ErrBinding        = errors.New("quote not bound to this nonce, migration, host and key")
+	ErrSignature      = errors.New("quote signature invalid for the enrolled AK")
+	ErrPCRSelection   = errors.New("quote PCR selection differs from policy")
+	ErrPCRMismatch    = errors.New("PCR values differ from the quote, log or golden values")
+	ErrTrustTooLow    = errors.New("host trust level below policy")
+	ErrPolicyInvalid  = errors.New("verification policy invalid")
+	errEvidenceFields = errors.New("malformed evidence fields")
+)
+
+func reject(kind error, format string, args ...any) error {
+	return fmt.Errorf("verify evidence: %w: %w: %s", ErrEvidence, kind, fmt.Sprintf(format, args...))
+}
+
+// Verify checks evidence against the verifier's enrolled hosts and
+// outstanding nonces and against policy. The nonce is consumed first, so
+// evidence for it is accepted at most once even if verification fails.
+func (v *Verifier) Verify(ev *Evidence, want Expect, pol *Policy) (*Result, error) {
+	// Sizes and shapes first: everything below is hostile until checked.
+	if ev == nil || pol == nil {
+		return nil, reject(errEvidenceFields, "nil evidence or policy")
+	}
+	if ev.Version != evidenceVersion {
+		return nil, reject(errEvidenceFields, "version %d", ev.Version)
+	}
+	if len(ev.Nonce) != nonceSize || len(ev.HostID) > maxIDLen || len(ev.MigrationID) > maxIDLen ||
+		len(ev.EphemeralPub) > 133 || len(ev.Quoted) > 1024 || len(ev.SigR) > 32 || len(ev.SigS) > 32 ||
+		len(ev.PCRs) > 24 || len(ev.PCRValues) != len(ev.PCRs) {
+		return nil, reject(errEvidenceFields, "sizes out of range")
+	}
+	// Single use: consume the nonce before anything else can fail.
+	v.mu.Lock()
+	ch, ok := v.nonces[[nonceSize]byte(ev.Nonce)]
+	delete(v.nonces, [nonceSize]byte(ev.Nonce))
+	host, enrolled := v.hosts[ev.HostID]
+	v.mu.Unlock()
+	if !ok {
+		return nil, reject(ErrNonceUnknown, "")
+	}
+	if v.now().After(ch.Expires) {
+		return nil, reject(ErrNonceExpired, "expired at %s", ch.Expires.Format(time.RFC3339))
+	}
+	if ch.MigrationID != want.MigrationID || ev.MigrationID != want.MigrationID {
+		return nil, reject(ErrBinding, "migration id")
+	}
+	if want.EphemeralPub != nil && !equalBytes(want.EphemeralPub, ev.EphemeralPub) {
+		return nil, reject(ErrBinding, "ephemeral key")
+	}
+	if !enrolled {
+		return nil, reject(ErrNotEnrolled, "%q", ev.HostID)
+	}
+	if err := pol.check(); err != nil {
+		return nil, err
+	}
+	if host.Trust < pol.MinTrust {
+		return nil, reject(ErrTrustTooLow, "%s < %s", host.Trust, pol.MinTrust)
+	}
+
+	// The signature, with the enrolled AK only.
+	digest := sha256.Sum256(ev.Quoted)
+	if !ecdsa.Verify(host.ak, digest[:], bigInt(ev.SigR), bigInt(ev.SigS)) {
+		return nil, reject(ErrSignature, "")
+	}
+	att, err := tpm2.Unmarshal[tpm2.TPMSAttest](ev.Quoted)
+	if err != nil {
+		return nil, reject(errEvidenceFields, "quoted: %v", err)
+	}
+	if !bytes.Equal(tpm2.Marshal(att), ev.Quoted) {
+		return nil, reject(errEvidenceFields, "quoted: trailing bytes")
+	}
+	if att.Magic != tpm2.TPMGeneratedValue || att.Type != tpm2.TPMSTAttestQuote {
+		return nil, reject(errEvidenceFields, "not a TPM-generated quote")
+	}
+	extra := QuoteExtraData(ev.Nonce, ev.MigrationID, ev.HostID, ev.EphemeralPub)
+	if !equalBytes(att.ExtraData.Buffer, extra) {
+		return nil, reject(ErrBinding, "extra data")
+	}
+	q, err := att.Attested.Quote()
+	if err != nil {
+		return nil, reject(errEvidenceFields, "quote info: %v", err)
+	}
+
+	// Exactly one bank, SHA-256, exactly the policy's PCRs.
+	if len(q.PCRSelect.PCRSelections) != 1 || q.PCRSelect.PCRSelections[0].Hash != tpm2.TPMAlgSHA256 {
+		return nil, reject(ErrPCRSelection, "want one SHA-256 bank")
+	}
+	quoted := selectedPCRs(q.PCRSelect.PCRSelections[0].PCRSelect)
+	if !slices.Equal(quoted, sortedPCRs(pol.PCRs)) || !slices.Equal(ev.PCRs, quoted) {
+		return nil, reject(ErrPCRSelection, "quoted %v, evidence %v, policy %v", quoted, ev.PCRs, pol.PCRs)
+	}
+	vals := make(map[int][32]byte, len(quoted))
+	for i, p := range ev.PCRs {
+		if len(ev.PCRValues[i]) != sha256.Size {
+			return nil, reject(errEvidenceFields, "PCR %d value size", p)
+		}
+		vals[p] = [32]byte(ev.PCRValues[i])
+	}
+	comp, err := pcrCompositeDigest(quoted, vals)
+	if err != nil || !equalBytes(comp[:], q.PCRDigest.Buffer) {
+		return nil, reject(ErrPCRMismatch, "PCR values do not match the quoted digest")
+	}
+
+	// Replay the log into the measured PCR.
+	log, err := ParseLog(ev.Log)
+	if err != nil {
+		return nil, reject(ErrPCRMismatch, "%v", err)
+	}
+	if log.PCR != pol.MeasuredPCR {
+		return nil, reject(ErrPCRMismatch, "log covers PCR %d, policy measures PCR %d", log.PCR, pol.MeasuredPCR)
+	}
+	if r := log.Replay(); r != vals[pol.MeasuredPCR] {
+		return nil, reject(ErrPCRMismatch, "log does not replay to quoted PCR %d", pol.MeasuredPCR)
+	}
+
+	// Every selected PCR against golden values.
+	for _, p := range quoted {
+		got := vals[p]
+		if !slices.ContainsFunc(pol.Golden[p], func(g []byte) bool { return equalBytes(g, got[:]) }) {
+			return nil, reject(ErrPCRMismatch, "PCR %d = %x is not a golden value", p, got)
+		}
+	}
+	return &Result{
+		HostID: ev.HostID, MigrationID: ev.MigrationID, Trust: host.Trust,
+		EphemeralPub: bytes.Clone(ev.EphemeralPub), PCRs: vals, Events: log.Events,
+	}, nil
+}
+
+// check validates the policy itself: a policy that could accept anything
+// is an error, not a pass.
+func (p *Policy) check() error {
+	bad := func(msg string, args ...any) error {
+		return fmt.Errorf("verify evidence: %w: %w: %s", ErrEvidence, ErrPolicyInvalid, fmt.Sprintf(msg, args...))
+	}
+	if _, err := pcrSelection(p.PCRs); err != nil {
+		return bad("%v", err)
+	}
+	if !slices.Contains(p.PCRs, p.MeasuredPCR) {
+		return bad("measured PCR %d not in selection %v", p.MeasuredPCR, p.PCRs)
+	}
+	for _, pcr := range p.PCRs {
+		if len(p.Golden[pcr]) == 0 {
+			return bad("no golden value for PCR %d", pcr)
+		}
+	}
+	if p.MinTrust < TrustSoftware {
+		return bad("min trust must be at least %s", TrustSoftware)
+	}
+	return nil
+}
+
+// GoldenLaunchPCR is the value of the measured PCR after a launch with
+// these inputs and the closing event, from a zero PCR.
+func GoldenLaunchPCR(pcr int, exeDigest [32]byte, config, policy []byte) [32]byte {
+	l := &Log{PCR: pcr, Events: append(LaunchEvents(exeDigest, config, policy), ClosingEvent())}
+	return l.Replay()
+}

@@ -1,0 +1,111 @@
+package tpm
+
+import (
+	"crypto/x509"
+	"log/slog"
+	"sync"
+	"time"
+)
+
+// maxOutstanding bounds outstanding nonces and enrollment challenges, so a
+// flood of challenge requests cannot exhaust the verifier's memory.
+const maxOutstanding = 4096
+
+// DefaultNonceTTL is how long a challenge nonce stays valid.
+const DefaultNonceTTL = 30 * time.Second
+
+// VerifierConfig configures a Verifier. The zero value is usable: no
+// manufacturer roots (every host is at most TrustSoftware), DefaultNonceTTL,
+// the wall clock, no logging.
+type VerifierConfig struct {
+	// EKRoots are the TPM manufacturer roots an EK certificate must chain
+	// to for TrustHardwareEKCert; EKIntermediates optional intermediates.
+	EKRoots         *x509.CertPool
+	EKIntermediates *x509.CertPool
+	// NonceTTL is the lifetime of challenges.
+	NonceTTL time.Duration
+	// Now is the clock (injected for tests).
+	Now func() time.Time
+	// Log receives audit messages.
+	Log *slog.Logger
+}
+
+// Verifier enrolls hosts and verifies their evidence. It keeps the enrolled
+// AKs and the outstanding nonces in memory; it is safe for concurrent use.
+type Verifier struct {
+	cfg VerifierConfig
+	log *slog.Logger
+
+	mu sync.Mutex
+	// nonces are outstanding challenges, keyed by nonce; an entry is
+	// removed the first time evidence names it (guarded by mu).
+	nonces map[[32]byte]*Challenge
+	// pending are outstanding enrollments by host id (guarded by mu).
+	pending map[string]*pendingEnroll
+	// hosts are enrolled hosts by host id (guarded by mu).
+	hosts map[string]*EnrolledHost
+}
+
+// NewVerifier returns a verifier with no enrolled hosts.
+func NewVerifier(cfg VerifierConfig) *Verifier {
+	if cfg.NonceTTL <= 0 {
+		cfg.NonceTTL = DefaultNonceTTL
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	log := cfg.Log
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Verifier{
+		cfg:     cfg,
+		log:     log,
+		nonces:  make(map[[32]byte]*Challenge),
+		pending: make(map[string]*pendingEnroll),
+		hosts:   make(map[string]*EnrolledHost),
+	}
+}
+
+func (v *Verifier) now() time.Time { return v.cfg.Now() }
+
+// pruneLocked drops expired nonces and enrollments. v.mu must be held.
+func (v *Verifier) pruneLocked() {
+	now := v.now()
+	for k, c := range v.nonces {
+		if now.After(c.Expires) {
+			delete(v.nonces, k)
+		}
+	}
+	for k, p := range v.pending {
+		if now.After(p.expires) {
+			delete(v.pending, k)
+		}
+	}
+}
+
+// Host returns an enrolled host's record.
+func (v *Verifier) Host(hostID string) (*EnrolledHost, bool) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	h, ok := v.hosts[hostID]
+	return h, ok
+}
+
+// AddHost records a host enrolled earlier (for example loaded from the
+// verifier's own database). Its AK is checked again.
+func (v *Verifier) AddHost(h EnrolledHost) error {
+	if _, err := checkEK(h.EKPublic); err != nil {
+		return err
+	}
+	_, ak, err := checkAK(h.AKPublic)
+	if err != nil {
+		return err
+	}
+	h.HostID = HostIDFromEK(h.EKPublic)
+	h.ak = ak
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	v.hosts[h.HostID] = &h
+	return nil
+}
