@@ -1,0 +1,234 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/gvmm/gvmm/kvm"
+	"github.com/gvmm/gvmm/vmm"
+)
+
+const runSynopsis = `--kernel PATH [--initrd PATH] [--cmdline STRING] [--memory SIZE] [--cpus N]
+
+Boots a Linux bzImage on KVM. The guest's first serial port (ttyS0) is
+connected to this terminal: when standard input is a terminal it is put in
+raw mode, and Ctrl-A x ends gvmm (Ctrl-A Ctrl-A sends a literal Ctrl-A,
+Ctrl-A h lists the keys). gvmm exits with status 0 when the guest powers off
+or reboots, and non-zero with a message naming the cause when the guest or
+KVM fails (triple fault, emulation failure, failed VM entry).`
+
+const defaultCmdline = "console=ttyS0"
+
+func runCmd(ctx context.Context, e *env, args []string) error {
+	fs := newFlagSet(e, "run", runSynopsis)
+	kernel := fs.String("kernel", "", "Linux `bzImage` to boot (required)")
+	initrd := fs.String("initrd", "", "initramfs `file` to load with the kernel")
+	cmdline := fs.String("cmdline", defaultCmdline, "kernel command `line`")
+	memory := fs.String("memory", "512M", "guest RAM `size` (bytes, or with a K, M or G suffix)")
+	cpus := fs.Int("cpus", 1, "number of vCPUs")
+	onReboot := fs.String("on-reboot", "exit", "what a guest reboot does: `exit` (status 0) or restart")
+	kvmPath := fs.String("kvm", "/dev/kvm", "KVM device `path`")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	if *kernel == "" {
+		return &exitError{code: 2, msg: "missing --kernel PATH (see gvmm run --help)"}
+	}
+	mem, err := vmm.ParseSize(*memory)
+	if err != nil {
+		return &exitError{code: 2, msg: "--memory: " + err.Error()}
+	}
+	if *onReboot != "exit" && *onReboot != "restart" {
+		return &exitError{code: 2, msg: fmt.Sprintf("--on-reboot: %q is neither exit nor restart", *onReboot)}
+	}
+	cfg := vmm.Config{
+		KernelPath:  *kernel,
+		InitrdPath:  *initrd,
+		Cmdline:     *cmdline,
+		MemoryBytes: (mem + 4095) &^ 4095,
+		CPUs:        *cpus,
+		Console:     e.stdout,
+		KVMPath:     *kvmPath,
+		Log:         e.log,
+	}
+	if err := cfg.Validate(); err != nil {
+		return &exitError{code: 2, msg: err.Error()}
+	}
+
+	con, err := newConsole(e.stdin)
+	if err != nil {
+		return err
+	}
+	defer con.restore()
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+
+	for {
+		m, err := vmm.New(cfg)
+		if err != nil {
+			return explainNewError(err)
+		}
+		reason, err := runMachine(ctx, m, con)
+		m.Close()
+		if err != nil {
+			return err
+		}
+		switch reason {
+		case vmm.ExitReboot:
+			if *onReboot == "restart" {
+				e.log.Info("guest rebooted; restarting it")
+				continue
+			}
+			e.log.Info("guest rebooted")
+			return nil
+		case vmm.ExitPowerOff:
+			e.log.Info("guest powered off")
+			return nil
+		default:
+			if con.escaped() {
+				return nil
+			}
+			return &exitError{code: 130, msg: "interrupted"}
+		}
+	}
+}
+
+// runMachine runs m with the console attached until it ends.
+func runMachine(ctx context.Context, m *vmm.Machine, con *console) (vmm.ExitReason, error) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	con.attach(ctx, m.ConsoleInput, cancel)
+	return m.Run(ctx)
+}
+
+// explainNewError turns a machine-building error into one line a person can
+// act on.
+func explainNewError(err error) error {
+	if errors.Is(err, kvm.ErrUnavailable) {
+		return &exitError{code: 1, msg: fmt.Sprintf("KVM is unavailable (%v). This host has no usable /dev/kvm; "+
+			"\"make demo\" runs gvmm inside a nested QEMU machine that has one", err)}
+	}
+	return err
+}
+
+// console connects standard input to the guest's serial port. When stdin
+// is a terminal it is switched to raw mode and Ctrl-A starts an escape.
+type console struct {
+	in    *os.File
+	tty   *terminal
+	input chan []byte
+	// esc is set when the user ended gvmm with Ctrl-A x.
+	esc chan struct{}
+}
+
+const escapeKey = 0x01 // Ctrl-A
+
+func newConsole(in *os.File) (*console, error) {
+	c := &console{in: in, input: make(chan []byte, 16), esc: make(chan struct{})}
+	if in != nil && isTerminal(in) {
+		t, err := makeRaw(in)
+		if err != nil {
+			return nil, fmt.Errorf("console: %w", err)
+		}
+		c.tty = t
+	}
+	if in != nil {
+		go c.read()
+	}
+	return c, nil
+}
+
+func (c *console) restore() {
+	if c.tty != nil {
+		c.tty.restore()
+	}
+}
+
+func (c *console) escaped() bool {
+	select {
+	case <-c.esc:
+		return true
+	default:
+		return false
+	}
+}
+
+// read pumps stdin into c.input. It ends at EOF; a blocked read cannot be
+// cancelled, which is harmless because the process exits after the guest.
+func (c *console) read() {
+	buf := make([]byte, 4096)
+	for {
+		n, err := c.in.Read(buf)
+		if n > 0 {
+			p := make([]byte, n)
+			copy(p, buf[:n])
+			c.input <- p
+		}
+		if err != nil {
+			close(c.input)
+			return
+		}
+	}
+}
+
+// attach feeds console input to the guest until ctx ends; Ctrl-A x calls
+// quit. The goroutine owns the escape state.
+func (c *console) attach(ctx context.Context, feed func([]byte) int, quit func()) {
+	go func() {
+		pendingEsc := false
+		for {
+			var p []byte
+			select {
+			case <-ctx.Done():
+				return
+			case b, ok := <-c.input:
+				if !ok {
+					return
+				}
+				p = b
+			}
+			if c.tty != nil {
+				var out []byte
+				for _, b := range p {
+					switch {
+					case pendingEsc:
+						pendingEsc = false
+						switch b {
+						case 'x', 'X':
+							select {
+							case <-c.esc:
+							default:
+								close(c.esc)
+							}
+							quit()
+							return
+						case 'h', 'H', '?':
+							fmt.Fprint(os.Stderr, "\r\ngvmm console: Ctrl-A x quit, Ctrl-A Ctrl-A send Ctrl-A, Ctrl-A h this help\r\n")
+						case escapeKey:
+							out = append(out, escapeKey)
+						}
+					case b == escapeKey:
+						pendingEsc = true
+					default:
+						out = append(out, b)
+					}
+				}
+				p = out
+			}
+			for len(p) > 0 {
+				n := feed(p)
+				p = p[n:]
+				if len(p) > 0 {
+					select {
+					case <-ctx.Done():
+						return
+					case <-time.After(2 * time.Millisecond):
+					}
+				}
+			}
+		}
+	}()
+}

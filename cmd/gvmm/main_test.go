@@ -1,0 +1,112 @@
+package main
+
+import (
+	"bytes"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/gvmm/gvmm/vmm/vmmtest"
+)
+
+// runGVMM runs the command in-process and returns status, stdout, stderr.
+func runGVMM(t *testing.T, args ...string) (int, string, string) {
+	t.Helper()
+	var out, errb bytes.Buffer
+	devnull, err := os.Open(os.DevNull)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer devnull.Close()
+	code := realMain(args, devnull, &out, &errb)
+	return code, out.String(), errb.String()
+}
+
+func TestHelp(t *testing.T) {
+	code, out, _ := runGVMM(t, "--help")
+	if code != 0 || !strings.Contains(out, "run") || !strings.Contains(out, "Usage") {
+		t.Fatalf("gvmm --help: status %d, output %q", code, out)
+	}
+	code, out, _ = runGVMM(t, "run", "--help")
+	if code != 0 {
+		t.Fatalf("gvmm run --help: status %d", code)
+	}
+	for _, flag := range []string{"-kernel", "-initrd", "-cmdline", "-memory", "-cpus", "-on-reboot", "Ctrl-A x"} {
+		if !strings.Contains(out, flag) {
+			t.Errorf("gvmm run --help does not explain %s:\n%s", flag, out)
+		}
+	}
+	if code, _, _ := runGVMM(t); code != 2 {
+		t.Errorf("gvmm without a command: status %d, want 2", code)
+	}
+}
+
+// TestRunBadInput checks that each bad input gives one clear line on
+// stderr and a non-zero status, never a panic. None of these needs KVM:
+// inputs are checked before /dev/kvm is opened.
+func TestRunBadInput(t *testing.T) {
+	dir := t.TempDir()
+	write := func(name string, b []byte) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	good := write("good", vmmtest.BzImage(vmmtest.CodePowerOff, 32<<20))
+	truncated := write("truncated", vmmtest.BzImage(make([]byte, 8192), 32<<20)[:4000])
+	notBz := write("elf", append([]byte("\x7fELF"), make([]byte, 8192)...))
+	empty := write("empty", nil)
+	bigInitrd := filepath.Join(dir, "big-initrd")
+	f, err := os.Create(bigInitrd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Truncate(200 << 20); err != nil { // sparse
+		t.Fatal(err)
+	}
+	f.Close()
+
+	tests := []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"no kernel flag", []string{"run"}, "missing --kernel"},
+		{"missing kernel", []string{"run", "--kernel", filepath.Join(dir, "nope")}, "no such file"},
+		{"kernel is a directory", []string{"run", "--kernel", dir}, "kernel"},
+		{"empty kernel", []string{"run", "--kernel", empty}, "too short"},
+		{"truncated kernel", []string{"run", "--kernel", truncated}, "truncated"},
+		{"not a bzImage", []string{"run", "--kernel", notBz}, "not a bzImage"},
+		{"missing initrd", []string{"run", "--kernel", good, "--initrd", filepath.Join(dir, "nope")}, "initrd"},
+		{"initrd does not fit", []string{"run", "--kernel", good, "--initrd", bigInitrd, "--memory", "128M"}, "does not fit"},
+		{"memory zero", []string{"run", "--kernel", good, "--memory", "0"}, "too small"},
+		{"memory garbage", []string{"run", "--kernel", good, "--memory", "lots"}, "invalid size"},
+		{"memory more than host", []string{"run", "--kernel", good, "--memory", "64T"}, "more than this host has"},
+		{"cpus zero", []string{"run", "--kernel", good, "--cpus", "0"}, "cpus 0"},
+		{"cpus too many", []string{"run", "--kernel", good, "--cpus", "100000"}, "cpus 100000"},
+		{"unknown flag", []string{"run", "--kernel", good, "--frobnicate"}, "frobnicate"},
+		{"stray argument", []string{"run", "--kernel", good, "extra"}, "unexpected argument"},
+		{"bad on-reboot", []string{"run", "--kernel", good, "--on-reboot", "dance"}, "on-reboot"},
+		{"no KVM", []string{"run", "--kernel", good, "--kvm", filepath.Join(dir, "no-kvm")}, "make demo"},
+		{"unknown command", []string{"fly"}, "unknown command"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			code, _, stderr := runGVMM(t, tt.args...)
+			if code == 0 {
+				t.Fatalf("status 0, want non-zero; stderr %q", stderr)
+			}
+			if !strings.Contains(stderr, tt.want) {
+				t.Errorf("stderr %q does not contain %q", stderr, tt.want)
+			}
+			if n := strings.Count(strings.TrimRight(stderr, "\n"), "\n"); n != 0 {
+				t.Errorf("stderr has %d lines, want one: %q", n+1, stderr)
+			}
+			if strings.Contains(stderr, "goroutine") || strings.Contains(stderr, "panic") {
+				t.Errorf("stderr shows a panic: %q", stderr)
+			}
+		})
+	}
+}

@@ -1,0 +1,428 @@
+package vmm
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/gvmm/gvmm/kvm"
+	"golang.org/x/sys/unix"
+)
+
+// Config describes a machine to boot.
+type Config struct {
+	// KernelPath is a Linux bzImage.
+	KernelPath string
+	// InitrdPath is an optional initramfs.
+	InitrdPath string
+	// Cmdline is the kernel command line.
+	Cmdline string
+	// MemoryBytes is guest RAM; a multiple of 4 KiB, at least MinMemory.
+	MemoryBytes uint64
+	// CPUs is the number of vCPUs, 1..MaxCPUs and what KVM allows.
+	CPUs int
+	// Console receives the serial port's output.
+	Console io.Writer
+	// KVMPath is the KVM device; empty means /dev/kvm.
+	KVMPath string
+	// Log receives diagnostics; nil discards them.
+	Log *slog.Logger
+}
+
+// ExitReason is how a machine that ran without error ended.
+type ExitReason int
+
+const (
+	// ExitPowerOff means the guest powered off (ACPI S5).
+	ExitPowerOff ExitReason = iota + 1
+	// ExitReboot means the guest asked for a reset.
+	ExitReboot
+	// ExitStopped means the caller's context ended the run.
+	ExitStopped
+)
+
+func (r ExitReason) String() string {
+	switch r {
+	case ExitPowerOff:
+		return "power off"
+	case ExitReboot:
+		return "reboot"
+	case ExitStopped:
+		return "stopped"
+	}
+	return fmt.Sprintf("ExitReason(%d)", int(r))
+}
+
+// GuestError is a failure of the guest or of KVM while running it: a
+// triple fault, a KVM internal error, a failed VM entry.
+type GuestError struct {
+	VCPU   int
+	Reason string
+	RIP    uint64
+}
+
+func (e *GuestError) Error() string {
+	return fmt.Sprintf("vCPU %d: %s (RIP %#x)", e.VCPU, e.Reason, e.RIP)
+}
+
+// Machine is a VM built from a Config, ready to Run once.
+type Machine struct {
+	log    *slog.Logger
+	sys    *kvm.System
+	vm     *kvm.VM
+	mem    *Memory
+	vcpus  []*vcpu
+	bus    ioBus
+	serial *serial
+
+	endOnce sync.Once
+	ended   chan struct{}
+	// Written once under endOnce, read after ended is closed.
+	endReason ExitReason
+	endErr    error
+}
+
+// Validate checks a Config's values that need no files and no KVM.
+func (c *Config) Validate() error {
+	if c.KernelPath == "" {
+		return errors.New("no kernel given (--kernel PATH)")
+	}
+	if c.MemoryBytes < MinMemory {
+		return fmt.Errorf("memory %s is too small: gvmm needs at least %s for a Linux guest", FormatSize(c.MemoryBytes), FormatSize(MinMemory))
+	}
+	if c.MemoryBytes%pageSize != 0 {
+		return fmt.Errorf("memory %d is not a multiple of 4 KiB", c.MemoryBytes)
+	}
+	var si unix.Sysinfo_t
+	if err := unix.Sysinfo(&si); err == nil {
+		if host := uint64(si.Totalram) * uint64(si.Unit); host > 0 && c.MemoryBytes > host {
+			return fmt.Errorf("memory %s is more than this host has (%s)", FormatSize(c.MemoryBytes), FormatSize(host))
+		}
+	}
+	if c.CPUs < 1 || c.CPUs > MaxCPUs {
+		return fmt.Errorf("cpus %d is outside 1..%d", c.CPUs, MaxCPUs)
+	}
+	return nil
+}
+
+// New builds a machine: it checks the kernel and initrd, then creates the
+// VM, its memory, devices and vCPUs, and loads the kernel. Errors about the
+// inputs come before any KVM error, so they are reported the same way on
+// hosts with and without KVM.
+func New(cfg Config) (_ *Machine, err error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	log := cfg.Log
+	if log == nil {
+		log = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	kernel, err := os.ReadFile(cfg.KernelPath)
+	if err != nil {
+		return nil, fmt.Errorf("read kernel: %w", err)
+	}
+	img, err := parseBzImage(kernel)
+	if err != nil {
+		return nil, fmt.Errorf("kernel %s: %w", cfg.KernelPath, err)
+	}
+	var initrd *os.File
+	var initrdSize uint64
+	if cfg.InitrdPath != "" {
+		initrd, err = os.Open(cfg.InitrdPath)
+		if err != nil {
+			return nil, fmt.Errorf("open initrd: %w", err)
+		}
+		defer initrd.Close()
+		st, err := initrd.Stat()
+		if err != nil {
+			return nil, fmt.Errorf("stat initrd: %w", err)
+		}
+		if !st.Mode().IsRegular() {
+			return nil, fmt.Errorf("initrd %s is not a regular file", cfg.InitrdPath)
+		}
+		initrdSize = uint64(st.Size())
+	}
+	layout := ramLayout(cfg.MemoryBytes)
+	lowEnd := layout[0].GPA + layout[0].Size
+	plan, err := planBoot(img, lowEnd, initrdSize)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := buildZeroPage(img, zeroPageInput{cmdlineLen: uint32(len(cfg.Cmdline))}); err != nil {
+		return nil, err
+	}
+
+	m := &Machine{log: log, ended: make(chan struct{})}
+	defer func() {
+		if err != nil {
+			m.Close()
+		}
+	}()
+	if m.sys, err = kvm.Open(cfg.KVMPath); err != nil {
+		return nil, err
+	}
+	if err := m.checkCaps(cfg.CPUs); err != nil {
+		return nil, err
+	}
+	if m.vm, err = m.sys.CreateVM(); err != nil {
+		return nil, err
+	}
+	// The order follows the kernel's expectations: TSS and identity map
+	// before the irqchip, the irqchip before the PIT and the vCPUs.
+	if err := m.vm.SetTSSAddr(tssAddr); err != nil {
+		return nil, err
+	}
+	if err := m.vm.SetIdentityMapAddr(identityMap); err != nil {
+		return nil, err
+	}
+	if err := m.vm.CreateIRQChip(); err != nil {
+		return nil, err
+	}
+	if err := m.vm.CreatePIT2(kvm.PITSpeakerDummy); err != nil {
+		return nil, err
+	}
+	if m.mem, err = NewMemory(cfg.MemoryBytes); err != nil {
+		return nil, err
+	}
+	for i, r := range m.mem.regions {
+		host, err := m.mem.Slice(r.GPA, r.Size)
+		if err != nil {
+			return nil, err
+		}
+		if err := m.vm.SetUserMemoryRegion(&kvm.UserspaceMemoryRegion{
+			Slot:          uint32(i),
+			GuestPhysAddr: r.GPA,
+			MemorySize:    r.Size,
+			UserspaceAddr: sliceAddr(host),
+		}); err != nil {
+			return nil, err
+		}
+	}
+	if err := m.load(img, cfg, initrd, initrdSize, plan); err != nil {
+		return nil, err
+	}
+	m.wireDevices(cfg.Console)
+	if err := m.createVCPUs(cfg.CPUs); err != nil {
+		return nil, err
+	}
+	return m, nil
+}
+
+// checkCaps refuses hosts whose KVM lacks what gvmm relies on.
+func (m *Machine) checkCaps(cpus int) error {
+	for _, c := range []struct {
+		cap  kvm.Cap
+		name string
+	}{
+		{kvm.CapIRQChip, "KVM_CAP_IRQCHIP"},
+		{kvm.CapUserMemory, "KVM_CAP_USER_MEMORY"},
+		{kvm.CapSetTSSAddr, "KVM_CAP_SET_TSS_ADDR"},
+		{kvm.CapPIT2, "KVM_CAP_PIT2"},
+		{kvm.CapImmediateExit, "KVM_CAP_IMMEDIATE_EXIT"},
+	} {
+		n, err := m.sys.CheckExtension(c.cap)
+		if err != nil {
+			return err
+		}
+		if n <= 0 {
+			return fmt.Errorf("this KVM lacks %s, which gvmm needs", c.name)
+		}
+	}
+	max, err := m.sys.CheckExtension(kvm.CapMaxVCPUs)
+	if err != nil {
+		return err
+	}
+	if max <= 0 {
+		if max, err = m.sys.CheckExtension(kvm.CapNrVCPUs); err != nil {
+			return err
+		}
+	}
+	if max <= 0 {
+		max = 4 // KVM_CAP_NR_VCPUS absent: the API documents 4
+	}
+	if cpus > max {
+		return fmt.Errorf("cpus %d is more than KVM allows on this host (%d)", cpus, max)
+	}
+	return nil
+}
+
+// load writes the kernel, initrd, command line, zero page, ACPI tables and
+// boot page tables into guest memory.
+func (m *Machine) load(img *bzImage, cfg Config, initrd *os.File, initrdSize uint64, plan bootPlan) error {
+	if err := m.mem.WriteAt(img.payload, highMemStart); err != nil {
+		return fmt.Errorf("load kernel: %w", err)
+	}
+	if initrd != nil {
+		dst, err := m.mem.Slice(plan.initrdAddr, initrdSize)
+		if err != nil {
+			return fmt.Errorf("load initrd: %w", err)
+		}
+		if _, err := io.ReadFull(initrd, dst); err != nil {
+			return fmt.Errorf("load initrd: %w", err)
+		}
+		m.mem.MarkDirty(plan.initrdAddr, initrdSize)
+	}
+	cmdline := append([]byte(cfg.Cmdline), 0)
+	if err := m.mem.WriteAt(cmdline, cmdlineAddr); err != nil {
+		return fmt.Errorf("write command line: %w", err)
+	}
+	tables, err := acpiTables(acpiAddr, cfg.CPUs)
+	if err != nil {
+		return err
+	}
+	if err := m.mem.WriteAt(tables, acpiAddr); err != nil {
+		return fmt.Errorf("write ACPI tables: %w", err)
+	}
+	zp, err := buildZeroPage(img, zeroPageInput{
+		cmdlineLen: uint32(len(cfg.Cmdline)),
+		initrdAddr: plan.initrdAddr,
+		initrdSize: initrdSize,
+		e820:       e820Map(m.mem.regions),
+		rsdpAddr:   acpiAddr,
+	})
+	if err != nil {
+		return err
+	}
+	if err := m.mem.WriteAt(zp, zeroPageAddr); err != nil {
+		return fmt.Errorf("write zero page: %w", err)
+	}
+	return writeBootTables(m.mem)
+}
+
+func (m *Machine) wireDevices(console io.Writer) {
+	if console == nil {
+		console = io.Discard
+	}
+	m.serial = newSerial(console, func(level bool) {
+		var l uint32
+		if level {
+			l = 1
+		}
+		if err := m.vm.IRQLine(irqCOM1, l); err != nil {
+			m.log.Error("serial interrupt", "err", err)
+		}
+	})
+	power := func(ev powerEvent) {
+		switch ev {
+		case powerOff:
+			m.end(ExitPowerOff, nil)
+		case powerReset:
+			m.end(ExitReboot, nil)
+		}
+	}
+	m.bus.add(portCOM1, 8, m.serial)
+	m.bus.add(0x80, 1, sink{})
+	m.bus.add(portCMOSIndex, 2, &cmos{})
+	m.bus.add(portI8042Cmd, 1, &powerPorts{base: portI8042Cmd, notify: power})
+	m.bus.add(portSleepCtl, 8, &powerPorts{base: portSleepCtl, notify: power})
+	m.bus.add(portPCIAddr, 8, &pciHost{reset: power})
+}
+
+func (m *Machine) createVCPUs(n int) error {
+	mmapSize, err := m.sys.VCPUMmapSize()
+	if err != nil {
+		return err
+	}
+	supported, err := m.sys.SupportedCPUID()
+	if err != nil {
+		return err
+	}
+	deadline, err := m.sys.CheckExtension(kvm.CapTSCDeadlineTimer)
+	if err != nil {
+		return err
+	}
+	for i := 0; i < n; i++ {
+		c, err := m.vm.CreateVCPU(i, mmapSize)
+		if err != nil {
+			return err
+		}
+		v := &vcpu{id: i, cpu: c, m: m}
+		m.vcpus = append(m.vcpus, v)
+		if err := setupVCPU(c, guestCPUID(supported, i, n, deadline > 0)); err != nil {
+			return fmt.Errorf("set up vCPU %d: %w", i, err)
+		}
+	}
+	return setupBSP(m.vcpus[0].cpu, highMemStart+0x200)
+}
+
+// ConsoleInput queues bytes typed on the console for the guest's serial
+// port and returns how many it took; the caller retries the rest later.
+func (m *Machine) ConsoleInput(p []byte) int { return m.serial.Input(p) }
+
+// Memory returns guest RAM.
+func (m *Machine) Memory() *Memory { return m.mem }
+
+// end records how the machine ended; the first call wins.
+func (m *Machine) end(r ExitReason, err error) {
+	m.endOnce.Do(func() {
+		m.endReason, m.endErr = r, err
+		close(m.ended)
+	})
+}
+
+// Run starts every vCPU and returns when the guest powers off or reboots,
+// a vCPU fails, or ctx ends. All vCPU threads have stopped when it returns.
+// A machine runs once.
+func (m *Machine) Run(ctx context.Context) (ExitReason, error) {
+	var wg sync.WaitGroup
+	started := make(chan struct{}, len(m.vcpus))
+	for _, v := range m.vcpus {
+		wg.Add(1)
+		go func(v *vcpu) {
+			defer wg.Done()
+			if err := v.run(started); err != nil {
+				m.end(0, err)
+			}
+		}(v)
+	}
+	for range m.vcpus {
+		<-started
+	}
+	flush := time.NewTicker(20 * time.Millisecond)
+	defer flush.Stop()
+loop:
+	for {
+		select {
+		case <-m.ended:
+			break loop
+		case <-ctx.Done():
+			m.end(ExitStopped, nil)
+		case <-flush.C:
+			m.serial.Flush()
+		}
+	}
+	for _, v := range m.vcpus {
+		v.kick()
+	}
+	wg.Wait()
+	m.serial.Flush()
+	return m.endReason, m.endErr
+}
+
+// Close releases the vCPUs, the VM, guest memory and /dev/kvm. It must not
+// be called while Run is running.
+func (m *Machine) Close() error {
+	var errs []error
+	for _, v := range m.vcpus {
+		errs = append(errs, v.cpu.Close())
+	}
+	m.vcpus = nil
+	if m.vm != nil {
+		errs = append(errs, m.vm.Close())
+		m.vm = nil
+	}
+	if m.mem != nil {
+		errs = append(errs, m.mem.Close())
+		m.mem = nil
+	}
+	if m.sys != nil {
+		errs = append(errs, m.sys.Close())
+		m.sys = nil
+	}
+	return errors.Join(errs...)
+}

@@ -1,0 +1,140 @@
+package vmm
+
+import (
+	"errors"
+	"fmt"
+	"runtime"
+	"sync/atomic"
+
+	"github.com/gvmm/gvmm/kvm"
+	"golang.org/x/sys/unix"
+)
+
+// vcpu is one virtual CPU and the goroutine that runs it.
+type vcpu struct {
+	id  int
+	cpu *kvm.VCPU
+	m   *Machine
+
+	// tid is the OS thread running the vCPU, 0 until it started.
+	tid atomic.Int32
+	// stop asks the vCPU loop to return at its next exit.
+	stop atomic.Bool
+}
+
+// kick asks the vCPU to leave KVM_RUN and return. Safe from any goroutine:
+// stop is set first, then immediate_exit, then the thread is signalled; the
+// loop clears immediate_exit before it reads stop, so a kick is never lost.
+func (v *vcpu) kick() {
+	v.stop.Store(true)
+	v.cpu.SetImmediateExit(true)
+	if tid := v.tid.Load(); tid != 0 {
+		// SIGURG is the Go runtime's preemption signal: handled and
+		// otherwise ignored, so it only interrupts KVM_RUN.
+		_ = unix.Tgkill(unix.Getpid(), int(tid), unix.SIGURG)
+	}
+}
+
+// run is the vCPU thread. It owns every ioctl on the vCPU fd. It returns
+// nil when stopped, or the error that should end the machine.
+func (v *vcpu) run(started chan<- struct{}) error {
+	runtime.LockOSThread()
+	// The thread is never unlocked: it exits with the goroutine, so no
+	// other goroutine inherits a thread that KVM has seen.
+	v.tid.Store(int32(unix.Gettid()))
+	started <- struct{}{}
+	for {
+		v.cpu.SetImmediateExit(false)
+		if v.stop.Load() {
+			return nil
+		}
+		if err := v.cpu.Run(); err != nil {
+			if errors.Is(err, unix.EINTR) || errors.Is(err, unix.EAGAIN) {
+				continue // a signal or a kick: look at stop, then re-enter
+			}
+			return fmt.Errorf("vCPU %d: %w", v.id, err)
+		}
+		if err := v.handleExit(); err != nil {
+			return err
+		}
+	}
+}
+
+// handleExit services one exit from KVM_RUN.
+func (v *vcpu) handleExit() error {
+	switch r := v.cpu.ExitReason(); r {
+	case kvm.ExitIO:
+		io := v.cpu.IO()
+		size := int(io.Size)
+		if size == 0 || len(io.Data) < size*int(io.Count) {
+			return v.guestError(fmt.Sprintf("malformed port I/O exit (port %#x size %d count %d)", io.Port, io.Size, io.Count))
+		}
+		for i := 0; i < int(io.Count); i++ {
+			d := io.Data[i*size : (i+1)*size]
+			if io.Direction == kvm.IOOut {
+				if !v.m.bus.write(io.Port, d) {
+					v.m.log.Debug("write to unclaimed port", "vcpu", v.id, "port", io.Port, "size", size)
+				}
+			} else if !v.m.bus.read(io.Port, d) {
+				v.m.log.Debug("read from unclaimed port", "vcpu", v.id, "port", io.Port, "size", size)
+			}
+		}
+	case kvm.ExitMMIO:
+		mmio := v.cpu.MMIO()
+		if !mmio.IsWrite {
+			for i := range mmio.Data {
+				mmio.Data[i] = 0xff
+			}
+		}
+		v.m.log.Debug("access to unclaimed MMIO", "vcpu", v.id, "addr", mmio.PhysAddr, "write", mmio.IsWrite)
+	case kvm.ExitIntr:
+		// Interrupted before entering the guest: like EINTR.
+	case kvm.ExitShutdown:
+		return v.guestError("triple fault (KVM_EXIT_SHUTDOWN) without a reset request")
+	case kvm.ExitSystemEvent:
+		ev := v.cpu.SystemEvent()
+		switch ev.Type {
+		case kvm.SystemEventShutdown:
+			v.m.end(ExitPowerOff, nil)
+		case kvm.SystemEventReset:
+			v.m.end(ExitReboot, nil)
+		default:
+			return v.guestError(fmt.Sprintf("system event %d (KVM_EXIT_SYSTEM_EVENT)", ev.Type))
+		}
+	case kvm.ExitInternalError:
+		ie := v.cpu.InternalError()
+		return v.guestError(fmt.Sprintf("KVM internal error: %s (KVM_EXIT_INTERNAL_ERROR suberror %d, data %#x)",
+			internalErrorName(ie.Suberror), ie.Suberror, ie.Data))
+	case kvm.ExitFailEntry:
+		fe := v.cpu.FailEntry()
+		return v.guestError(fmt.Sprintf("VM entry failed (KVM_EXIT_FAIL_ENTRY, hardware reason %#x on host CPU %d)",
+			fe.HardwareEntryFailureReason, fe.CPU))
+	default:
+		return v.guestError(fmt.Sprintf("unexpected exit %v", r))
+	}
+	return nil
+}
+
+func internalErrorName(sub uint32) string {
+	switch sub {
+	case kvm.InternalErrorEmulation:
+		return "emulation failure"
+	case kvm.InternalErrorSimulEx:
+		return "exception while delivering an exception"
+	case kvm.InternalErrorDeliveryEv:
+		return "exit while delivering an event"
+	case kvm.InternalErrorUnexpectedExitReason:
+		return "unexpected exit reason"
+	}
+	return "unknown"
+}
+
+// guestError builds the error that ends the machine, with the guest's RIP
+// when it can still be read (this runs on the vCPU's own thread).
+func (v *vcpu) guestError(reason string) error {
+	e := &GuestError{VCPU: v.id, Reason: reason}
+	if regs, err := v.cpu.GetRegs(); err == nil {
+		e.RIP = regs.RIP
+	}
+	return e
+}
