@@ -165,12 +165,12 @@ type PICState struct {
 // IOAPICState mirrors struct kvm_ioapic_state, the layout of IRQChip.Chip for
 // the IOAPIC.
 type IOAPICState struct {
-	Address  uint64
-	IORegSel uint32
-	ID       uint32
-	IRR      uint32
-	Pad      uint32
-	RedirTbl [24][8]byte
+	BaseAddress uint64
+	IORegSel    uint32
+	ID          uint32
+	IRR         uint32
+	Pad         uint32
+	RedirTbl    [24][8]byte
 }
 
 // IRQChip mirrors struct kvm_irqchip (KVM_GET_IRQCHIP, KVM_SET_IRQCHIP). Chip

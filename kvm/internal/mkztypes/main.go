@@ -58,6 +58,7 @@ var fieldNames = map[string]string{
 	"MSI.Hi":                    "AddressHi",
 	"MSI.Devid":                 "DevID",
 	"IRQChip.Id":                "ChipID",
+	"IOAPICState.Address":       "BaseAddress", // base_address, prefix dropped by godefs
 	"IOAPICState.Ioregsel":      "IORegSel",
 	"IOAPICState.Redirtbl":      "RedirTbl",
 	"IRQFD.Resamplefd":          "ResampleFD",
