@@ -223,6 +223,9 @@ var (
 )
 
 func reject(kind error, format string, args ...any) error {
+	if format == "" {
+		return fmt.Errorf("verify evidence: %w: %w", ErrEvidence, kind)
+	}
 	return fmt.Errorf("verify evidence: %w: %w: %s", ErrEvidence, kind, fmt.Sprintf(format, args...))
 }
 

@@ -2,6 +2,7 @@ package tpm
 
 import (
 	"crypto/x509"
+	"errors"
 	"log/slog"
 	"sync"
 	"time"
@@ -93,8 +94,10 @@ func (v *Verifier) Host(hostID string) (*EnrolledHost, bool) {
 }
 
 // AddHost records a host enrolled earlier (for example loaded from the
-// verifier's own database). Its AK is checked again.
+// verifier's own database). Its EK and AK are checked again and its trust
+// level is recomputed as TrustSoftware: a stored claim never raises it.
 func (v *Verifier) AddHost(h EnrolledHost) error {
+	h.Trust = TrustSoftware
 	if _, err := checkEK(h.EKPublic); err != nil {
 		return err
 	}
@@ -107,5 +110,23 @@ func (v *Verifier) AddHost(h EnrolledHost) error {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	v.hosts[h.HostID] = &h
+	return nil
+}
+
+// ExpectNonce registers a nonce issued outside this Verifier (for example
+// by an operator running "gvmm verify" once per challenge). It is then
+// single-use and expires like one from Challenge. The caller is
+// responsible for the nonce's freshness.
+func (v *Verifier) ExpectNonce(nonce []byte, migrationID string, expires time.Time) error {
+	if len(nonce) != nonceSize || migrationID == "" || len(migrationID) > maxIDLen {
+		return errors.New("expect nonce: nonce must be 32 bytes and migration id 1-128 bytes")
+	}
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	v.pruneLocked()
+	if len(v.nonces) >= maxOutstanding {
+		return errors.New("expect nonce: too many outstanding challenges")
+	}
+	v.nonces[[nonceSize]byte(nonce)] = &Challenge{Nonce: nonce, MigrationID: migrationID, Expires: expires}
 	return nil
 }

@@ -1,0 +1,128 @@
+package main
+
+import (
+	"context"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/gvmm/gvmm/tpm"
+)
+
+// attestCmd measures gvmm, closes the launch and prints evidence (JSON)
+// for a verifier's nonce.
+func attestCmd(ctx context.Context, e *env, args []string) error {
+	fs := newFlagSet(e, "attest", "--nonce HEX --migration-id ID [flags]")
+	var lf launchFlags
+	lf.register(fs)
+	nonceHex := fs.String("nonce", "", "verifier's nonce (64 hex digits)")
+	migID := fs.String("migration-id", "", "migration or session id the evidence is for")
+	ephHex := fs.String("ephemeral-pub", "", "receiving public key to bind (hex, uncompressed P-256), optional")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	nonce, err := hex.DecodeString(*nonceHex)
+	if err != nil || len(nonce) != 32 || *migID == "" {
+		return &exitError{code: 2, msg: "need --nonce (64 hex digits) and --migration-id"}
+	}
+	eph, err := hex.DecodeString(*ephHex)
+	if err != nil {
+		return &exitError{code: 2, msg: "--ephemeral-pub: " + err.Error()}
+	}
+	in, err := lf.inputs()
+	if err != nil {
+		return err
+	}
+	t, err := openTPM(ctx, e, lf.tpmURI)
+	if err != nil {
+		return err
+	}
+	defer t.Close()
+	log, err := t.MeasureLaunch(ctx, in, nil)
+	if err != nil {
+		return err
+	}
+	if err := t.CloseLaunch(ctx, log); err != nil {
+		return err
+	}
+	id, err := t.Identity(ctx)
+	if err != nil {
+		return err
+	}
+	ev, err := t.Attest(ctx, &tpm.Challenge{Nonce: nonce, MigrationID: *migID}, id.HostID, eph, []int{log.PCR}, log)
+	if err != nil {
+		return err
+	}
+	return printJSON(e, ev)
+}
+
+// verifyCmd checks evidence against a policy of golden values and the
+// verifier's record of the host (its enrolled EK and AK).
+func verifyCmd(ctx context.Context, e *env, args []string) error {
+	fs := newFlagSet(e, "verify", "--evidence FILE --policy FILE --host FILE --nonce HEX --migration-id ID")
+	evPath := fs.String("evidence", "", "evidence `file` (from gvmm attest)")
+	polPath := fs.String("policy", "", "policy `file`: {\"pcrs\":[23],\"measured_pcr\":23,\"golden\":{\"23\":[base64]},\"min_trust\":1}")
+	hostPath := fs.String("host", "", "the verifier's record of the enrolled host (identity.json: ek_public, ak_public)")
+	nonceHex := fs.String("nonce", "", "the nonce this verifier issued (64 hex digits)")
+	migID := fs.String("migration-id", "", "expected migration id")
+	_ = fs.String("tpm", tpm.DefaultURI, "unused: verification needs no TPM (accepted for symmetry)")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	nonce, err := hex.DecodeString(*nonceHex)
+	if err != nil || len(nonce) != 32 || *migID == "" || *evPath == "" || *polPath == "" || *hostPath == "" {
+		return &exitError{code: 2, msg: "need --evidence, --policy, --host, --nonce (64 hex digits) and --migration-id"}
+	}
+	f, err := os.Open(*evPath)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	ev, err := tpm.ParseEvidence(f)
+	if err != nil {
+		return err
+	}
+	var pol tpm.Policy
+	if err := readJSONFile(*polPath, &pol); err != nil {
+		return err
+	}
+	var rec struct {
+		EKPublic []byte `json:"ek_public"`
+		AKPublic []byte `json:"ak_public"`
+	}
+	if err := readJSONFile(*hostPath, &rec); err != nil {
+		return err
+	}
+	v := tpm.NewVerifier(tpm.VerifierConfig{Log: e.log})
+	if err := v.AddHost(tpm.EnrolledHost{EKPublic: rec.EKPublic, AKPublic: rec.AKPublic}); err != nil {
+		return fmt.Errorf("host record: %w", err)
+	}
+	if err := v.ExpectNonce(nonce, *migID, time.Now().Add(tpm.DefaultNonceTTL)); err != nil {
+		return err
+	}
+	res, err := v.Verify(ev, tpm.Expect{MigrationID: *migID}, &pol)
+	if err != nil {
+		return &exitError{code: 1, msg: err.Error()}
+	}
+	fmt.Fprintf(e.stdout, "OK host %s trust %s migration %s\n", res.HostID, res.Trust, res.MigrationID)
+	for _, ev := range res.Events {
+		fmt.Fprintf(e.stdout, "  measured %-10s %s\n", ev.Type, hex.EncodeToString(ev.Data))
+	}
+	return nil
+}
+
+func readJSONFile(path string, v any) error {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return err
+	}
+	if len(b) > 1<<20 {
+		return fmt.Errorf("%s: too large", path)
+	}
+	if err := json.Unmarshal(b, v); err != nil {
+		return fmt.Errorf("%s: %w", path, err)
+	}
+	return nil
+}
