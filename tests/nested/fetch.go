@@ -39,15 +39,15 @@ func (d debPackages) busyboxBin() string { return filepath.Join(d.busybox, "bin"
 // packages into cache, reusing what is already there.
 func fetchPackages(ctx context.Context, p *progress, cache string) (debPackages, error) {
 	var d debPackages
-	kpkg, err := kernelPackage(ctx, p)
+	want, err := resolvePackages(ctx, p)
 	if err != nil {
 		return d, err
 	}
-	d.kver = strings.TrimPrefix(kpkg, "linux-image-")
-	if d.kernel, err = fetchDeb(ctx, p, cache, kpkg); err != nil {
+	d.kver = strings.TrimPrefix(want.kernel, "linux-image-")
+	if d.kernel, err = fetchDeb(ctx, p, cache, want.kernel, want.kernelVersion); err != nil {
 		return d, err
 	}
-	if d.busybox, err = fetchDeb(ctx, p, cache, "busybox-static"); err != nil {
+	if d.busybox, err = fetchDeb(ctx, p, cache, "busybox-static", want.busyboxVersion); err != nil {
 		return d, err
 	}
 	for _, f := range []string{d.vmlinuz(), d.busyboxBin()} {
@@ -58,35 +58,62 @@ func fetchPackages(ctx context.Context, p *progress, cache string) (debPackages,
 	return d, nil
 }
 
-var kernelDep = regexp.MustCompile(`(?m)^\s*Depends:\s*(linux-image-[0-9][^\s]*-amd64)\s*$`)
-
-// kernelPackage returns the versioned kernel package that the
-// linux-image-amd64 metapackage depends on, e.g. linux-image-6.1.0-56-amd64.
-func kernelPackage(ctx context.Context, p *progress) (string, error) {
-	out, err := aptQuery(ctx, p, "apt-cache", "depends", "linux-image-amd64")
-	if err != nil {
-		return "", err
-	}
-	m := kernelDep.FindStringSubmatch(out)
-	if m == nil {
-		return "", fmt.Errorf("apt-cache depends linux-image-amd64: no linux-image-*-amd64 dependency in:\n%s", out)
-	}
-	return m[1], nil
+// wanted names the exact packages and versions to use.
+type wanted struct {
+	kernel, kernelVersion string // e.g. linux-image-6.1.0-56-amd64, 6.1.192-2
+	busyboxVersion        string
 }
 
-var versionLine = regexp.MustCompile(`(?m)^Version:\s*(\S+)\s*$`)
+// kernelDep finds the versioned kernel package in the Depends field of the
+// linux-image-amd64 metapackage, e.g. "linux-image-6.1.0-56-amd64 (=
+// 6.1.192-2)"; the version pin may be absent.
+var kernelDep = regexp.MustCompile(`(linux-image-[0-9]\S*-amd64)(?:\s*\(=\s*([^)\s]+)\))?`)
 
-// candidateVersion is the version apt would download for pkg.
-func candidateVersion(ctx context.Context, p *progress, pkg string) (string, error) {
-	out, err := aptQuery(ctx, p, "apt-cache", "show", "--no-all-versions", pkg)
+// resolvePackages asks apt, in one query, which kernel package the
+// linux-image-amd64 metapackage stands for and which busybox-static
+// version is current.
+func resolvePackages(ctx context.Context, p *progress) (wanted, error) {
+	var w wanted
+	out, err := aptQuery(ctx, p, "apt-cache", "show", "--no-all-versions", "linux-image-amd64", "busybox-static")
 	if err != nil {
-		return "", err
+		return w, err
 	}
-	m := versionLine.FindStringSubmatch(out)
+	st := controlStanzas(out)
+	m := kernelDep.FindStringSubmatch(st["linux-image-amd64"]["Depends"])
 	if m == nil {
-		return "", fmt.Errorf("apt-cache show %s: no Version line", pkg)
+		return w, fmt.Errorf("apt-cache show linux-image-amd64: no linux-image-*-amd64 in Depends %q", st["linux-image-amd64"]["Depends"])
 	}
-	return m[1], nil
+	w.kernel, w.kernelVersion = m[1], m[2]
+	if w.kernelVersion == "" {
+		out, err := aptQuery(ctx, p, "apt-cache", "show", "--no-all-versions", w.kernel)
+		if err != nil {
+			return w, err
+		}
+		w.kernelVersion = controlStanzas(out)[w.kernel]["Version"]
+	}
+	w.busyboxVersion = st["busybox-static"]["Version"]
+	if w.kernelVersion == "" || w.busyboxVersion == "" {
+		return w, fmt.Errorf("apt-cache show: no version for %s or busybox-static", w.kernel)
+	}
+	return w, nil
+}
+
+// controlStanzas parses Debian control paragraphs (as apt-cache show prints
+// them) into package -> field -> value, keeping single-line fields only.
+func controlStanzas(s string) map[string]map[string]string {
+	res := map[string]map[string]string{}
+	for _, para := range strings.Split(s, "\n\n") {
+		f := map[string]string{}
+		for _, line := range strings.Split(para, "\n") {
+			if k, v, ok := strings.Cut(line, ":"); ok && !strings.HasPrefix(line, " ") {
+				f[k] = strings.TrimSpace(v)
+			}
+		}
+		if f["Package"] != "" {
+			res[f["Package"]] = f
+		}
+	}
+	return res
 }
 
 // aptQuery runs an apt-cache query; if it fails (typically because the
@@ -109,14 +136,10 @@ func aptUpdate(ctx context.Context) error {
 	return err
 }
 
-// fetchDeb makes sure cache/pkgs/<pkg>_<version> holds pkg unpacked with
+// fetchDeb makes sure cache/pkgs/<pkg>_<ver> holds pkg unpacked with
 // dpkg -x and returns that folder. A folder is complete once it has the
 // stamp file; a half-done one from an interrupted run is replaced.
-func fetchDeb(ctx context.Context, p *progress, cache, pkg string) (string, error) {
-	ver, err := candidateVersion(ctx, p, pkg)
-	if err != nil {
-		return "", err
-	}
+func fetchDeb(ctx context.Context, p *progress, cache, pkg, ver string) (string, error) {
 	dir := filepath.Join(cache, "pkgs", pkg+"_"+strings.ReplaceAll(ver, ":", "%3a"))
 	stamp := filepath.Join(dir, ".gvmm-unpacked")
 	if _, err := os.Stat(stamp); err == nil {
