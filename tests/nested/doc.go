@@ -39,8 +39,8 @@
 //	GVMM_GUEST_INITRD           the guest initramfs (see tests/guest)
 //
 // The guest image is Debian's kernel and an initramfs written here (newc
-// cpio, gzip) holding busybox-static, tests/guest/init as /init, the wrapper
-// scripts in tests/guest/bin, and the static agent from tests/guest/agent.
+// cpio, gzip) holding busybox-static, tests/guest/init as /init, the shell
+// functions in tests/guest/shrc, and the static agent from tests/guest/agent.
 //
 // Downloads (apt-get download, unpacked with dpkg -x) are cached under
 // $GVMM_CACHE (default <repo>/.cache/gvmm), one folder per package version.

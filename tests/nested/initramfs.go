@@ -210,12 +210,8 @@ func buildGuest(ctx context.Context, g goTool, d debPackages, applets []string, 
 	if err == nil {
 		err = im.hostFile("bin/agent", agent, 0o755)
 	}
-	// Wrappers that shadow busybox applets (poweroff -> poweroff -f),
-	// first in the guest's PATH.
-	for _, w := range []string{"poweroff", "reboot"} {
-		if err == nil {
-			err = im.hostFile("usr/local/bin/"+w, filepath.Join(guestDir, "bin", w), 0o755)
-		}
+	if err == nil {
+		err = im.hostFile("etc/shrc", filepath.Join(guestDir, "shrc"), 0o644)
 	}
 	return gi, im.close(err)
 }
