@@ -37,11 +37,30 @@ const (
 
 // dsdtAML is the body of the DSDT:
 //
-//	Name (_S5_, Package (0x04) { 0x05, Zero, Zero, Zero })
+//	Name (_S5_, Package () { 5, 0, 0, 0 })  // SLP_TYP for power off
+//	Scope (\_SB) {
+//	    Device (COM1) {                      // the 16550A on ttyS0
+//	        Name (_HID, EisaId ("PNP0501"))
+//	        Name (_UID, 1)
+//	        Name (_CRS, ResourceTemplate () { IO (Decode16, 0x3f8, 0x3f8, 1, 8) IRQNoFlags () {4} })
+//	    }
+//	}
 //
-// NameOp, NameString, PackageOp, PkgLength (counts itself), NumElements,
-// BytePrefix 0x05, then three ZeroOps.
-var dsdtAML = [...]byte{0x08, '_', 'S', '5', '_', 0x12, 0x07, 0x04, 0x0a, sleepTypeS5, 0x00, 0x00, 0x00}
+// In hardware-reduced mode Linux has no legacy PIC and sets up no ISA IRQ
+// mappings on its own: a device's interrupt reaches it only through the
+// GSI its _CRS names, which ACPI PnP registers with the IOAPIC.
+func dsdtAML() []byte {
+	var b []byte
+	b = append(b, amlName("_S5_", amlPackage(amlInteger(sleepTypeS5), amlInteger(0), amlInteger(0), amlInteger(0)))...)
+	b = append(b, amlScopeRoot("_SB_",
+		amlDevice("COM1",
+			amlName("_HID", amlEISAID("PNP0501")),
+			amlName("_UID", amlInteger(1)),
+			amlName("_CRS", resTemplate(resIO(portCOM1, 8), resIRQNoFlags(irqCOM1))),
+		),
+	)...)
+	return b
+}
 
 // acpiTables lays out RSDP, XSDT, FADT, MADT and DSDT from base upwards and
 // returns the bytes to copy at base (the RSDP is at base).
@@ -56,7 +75,8 @@ func acpiTables(base uint64, ncpus int) ([]byte, error) {
 	madtOff := alignUp(fadtOff+fadtLen, 16)
 	madtLen := uint64(acpiHeaderLen + 8 + 8*ncpus + 12)
 	dsdtOff := alignUp(madtOff+madtLen, 16)
-	dsdtLen := uint64(acpiHeaderLen + len(dsdtAML))
+	aml := dsdtAML()
+	dsdtLen := uint64(acpiHeaderLen + len(aml))
 	total := dsdtOff + dsdtLen
 	if base+total > acpiEnd {
 		return nil, fmt.Errorf("acpi: tables (%d bytes) overflow the BIOS area", total)
@@ -67,7 +87,7 @@ func acpiTables(base uint64, ncpus int) ([]byte, error) {
 	// DSDT
 	dsdt := b[dsdtOff : dsdtOff+dsdtLen]
 	acpiHeader(dsdt, "DSDT", 2)
-	copy(dsdt[acpiHeaderLen:], dsdtAML[:])
+	copy(dsdt[acpiHeaderLen:], aml)
 	acpiChecksum(dsdt, 9)
 
 	// MADT

@@ -63,10 +63,14 @@ func (r ExitReason) String() string {
 type GuestError struct {
 	VCPU   int
 	Reason string
-	RIP    uint64
+	// RIP is the guest instruction pointer when it is meaningful, else 0.
+	RIP uint64
 }
 
 func (e *GuestError) Error() string {
+	if e.RIP == 0 {
+		return fmt.Sprintf("vCPU %d: %s", e.VCPU, e.Reason)
+	}
 	return fmt.Sprintf("vCPU %d: %s (RIP %#x)", e.VCPU, e.Reason, e.RIP)
 }
 

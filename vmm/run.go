@@ -90,7 +90,9 @@ func (v *vcpu) handleExit() error {
 	case kvm.ExitIntr:
 		// Interrupted before entering the guest: like EINTR.
 	case kvm.ExitShutdown:
-		return v.guestError("triple fault (KVM_EXIT_SHUTDOWN) without a reset request")
+		// No RIP: after a shutdown intercept the vCPU state is
+		// undefined (on AMD, KVM has already reset it).
+		return &GuestError{VCPU: v.id, Reason: "triple fault (KVM_EXIT_SHUTDOWN) without a reset request"}
 	case kvm.ExitSystemEvent:
 		ev := v.cpu.SystemEvent()
 		switch ev.Type {
