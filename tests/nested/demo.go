@@ -146,3 +146,40 @@ func banner(p *progress, interactive, nested bool) {
 		p.say("Not on a terminal: the guest prints uname, its agent line and free, then powers off.")
 	}
 }
+
+// shellMode implements "shell [flags]": an interactive shell in L1, with
+// /dev/kvm, gvmm and the guest image, for debugging by hand.
+func shellMode(ctx context.Context, p *progress, args []string) error {
+	fs := flag.NewFlagSet("shell", flag.ContinueOnError)
+	var f l1Flags
+	f.register(fs, 0)
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	if !isTerminal(os.Stdin) || !isTerminal(os.Stdout) {
+		return fmt.Errorf("%w: shell needs a terminal", errUsage)
+	}
+	h, err := newHarness(ctx, p, f.keep)
+	if err != nil {
+		return err
+	}
+	defer h.close()
+	p.say("building gvmm")
+	gvmmBin := filepath.Join(h.work, "gvmm")
+	if err := h.tool.build(ctx, gvmmBin, "./cmd/gvmm"); err != nil {
+		p.say("%v", err)
+		p.say("going on without gvmm")
+		gvmmBin = ""
+	}
+	gp, err := h.prepareGuest(ctx)
+	if err != nil {
+		return err
+	}
+	l1, err := h.writeL1(gp, gvmmBin, l1Plan{mode: "shell"}, f.compress)
+	if err != nil {
+		return err
+	}
+	p.say("booting L1 with a shell on its console (about 10 s under TCG). poweroff leaves; Ctrl-a x quits QEMU.")
+	p.say("in L1: %s, %s, %s", l1GvmmBin, l1GuestKernel, l1GuestInitrd)
+	return runL1Interactive(ctx, l1Config{kernel: gp.deb.vmlinuz(), initrd: l1, memMiB: f.memMiB, cpus: f.cpus, interactive: true})
+}

@@ -5,6 +5,7 @@
 //
 //	go run ./tests/nested test [flags] PKG...   run PKG's tests under KVM
 //	go run ./tests/nested demo [flags]          boot a Linux guest with gvmm
+//	go run ./tests/nested shell [flags]         a shell in L1, for debugging
 //	go run ./tests/nested bench                 not yet implemented
 //
 // When the host has a usable /dev/kvm, the compiled test binaries (and the

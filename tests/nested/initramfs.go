@@ -147,6 +147,13 @@ func (im *image) base() error {
 			return err
 		}
 	}
+	// For programs that look up the current user (id, Go's os/user).
+	if err := im.File("etc/passwd", 0o644, []byte("root:x:0:0:root:/root:/bin/sh\n")); err != nil {
+		return err
+	}
+	if err := im.File("etc/group", 0o644, []byte("root:x:0:\n")); err != nil {
+		return err
+	}
 	if err := im.Dir("tmp", 0o1777); err != nil {
 		return err
 	}
@@ -218,9 +225,10 @@ func buildGuest(ctx context.Context, g goTool, d debPackages, applets []string, 
 
 // l1Plan says what L1's /init does; it becomes /gvmm/plan.sh.
 type l1Plan struct {
-	mode        string        // "test" or "demo"
+	mode        string        // "test", "demo" or "shell"
 	tests       []testPkg     // test mode: packages with a binary
 	testTimeout time.Duration // test mode: -test.timeout of each binary
+	testRun     string        // test mode: -test.run of each binary, if set
 	demoArgs    []string      // demo mode: the gvmm command line
 	heartbeat   int           // seconds between heartbeats; 0: none
 }
@@ -238,6 +246,7 @@ func (pl l1Plan) script() string {
 	fmt.Fprintf(&b, "GVMM_MODE=%s\n", shQuote(pl.mode))
 	fmt.Fprintf(&b, "GVMM_MODULES=%s\n", shQuote(strings.Join(mods, " ")))
 	fmt.Fprintf(&b, "GVMM_TEST_TIMEOUT=%s\n", shQuote(pl.testTimeout.String()))
+	fmt.Fprintf(&b, "GVMM_TEST_RUN=%s\n", shQuote(pl.testRun))
 	fmt.Fprintf(&b, "GVMM_HEARTBEAT=%d\n", pl.heartbeat)
 	q := []string{"return", "1"} // no demo in this plan
 	if len(pl.demoArgs) > 0 {

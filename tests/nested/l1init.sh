@@ -13,6 +13,7 @@ mkdir -p /dev/pts /dev/shm
 mount -t devpts devpts /dev/pts
 mount -t tmpfs tmpfs /dev/shm
 echo "=== GVMM-NESTED L1 UP"
+ip link set lo up
 
 . /gvmm/plan.sh
 
@@ -44,9 +45,11 @@ export GVMM_GUEST_INITRD=/gvmm/guest/initrd.cpio.gz
 
 case "$GVMM_MODE" in
 test)
+	set -- -test.v -test.timeout="$GVMM_TEST_TIMEOUT"
+	[ -n "$GVMM_TEST_RUN" ] && set -- "$@" -test.run="$GVMM_TEST_RUN"
 	while read -r dir pkg; do
 		echo "=== GVMM-NESTED BEGIN $pkg"
-		(cd "/gvmm/tests/$dir" && exec "./$dir.test" -test.v -test.timeout="$GVMM_TEST_TIMEOUT") </dev/null 2>&1
+		(cd "/gvmm/tests/$dir" && exec "./$dir.test" "$@") </dev/null 2>&1
 		echo "=== GVMM-NESTED END $pkg rc=$?"
 	done </gvmm/tests.list
 	;;
@@ -58,6 +61,12 @@ demo)
 	else
 		echo "=== GVMM-NESTED ERROR $GVMM_BIN is missing"
 	fi
+	;;
+shell)
+	echo "L1 shell: /dev/kvm is ready, gvmm and the guest image are in /gvmm. Type poweroff to leave."
+	# Busybox ash runs its poweroff applet before PATH; a function wins.
+	echo 'poweroff() { /bin/busybox poweroff -f; }; reboot() { poweroff; }' >/etc/shrc
+	PS1='L1# ' ENV=/etc/shrc setsid cttyhack sh -i
 	;;
 *)
 	echo "=== GVMM-NESTED ERROR unknown mode $GVMM_MODE"

@@ -22,6 +22,7 @@ modes:
   test [flags] PKG...   run the tests of PKG... under KVM (directly, or inside
                         a nested QEMU/TCG machine when the host has no /dev/kvm)
   demo [flags]          boot a Linux guest with gvmm and show its console
+  shell [flags]         a shell in the nested machine (L1), for debugging
   bench                 not yet implemented
 
 environment:
@@ -52,6 +53,8 @@ func realMain(args []string) int {
 		err = testMode(ctx, p, args[1:])
 	case "demo":
 		err = demoMode(ctx, p, args[1:])
+	case "shell":
+		err = shellMode(ctx, p, args[1:])
 	case "bench":
 		fmt.Fprintln(os.Stderr, "nested bench: not yet implemented")
 		return 2
@@ -193,6 +196,7 @@ func parseFlags(fs *flag.FlagSet, args []string) error {
 	err := fs.Parse(args)
 	if errors.Is(err, flag.ErrHelp) {
 		fs.SetOutput(os.Stderr)
+		fmt.Fprintf(os.Stderr, "usage: go run ./tests/nested %s [flags]%s\n", fs.Name(), map[bool]string{true: " PKG..."}[fs.Name() == "test"])
 		fs.PrintDefaults()
 		return err
 	}

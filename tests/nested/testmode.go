@@ -18,6 +18,7 @@ func testMode(ctx context.Context, p *progress, args []string) error {
 	f.register(fs, 60*time.Minute)
 	testTimeout := fs.Duration("test-timeout", 20*time.Minute, "-test.timeout of each test binary")
 	noGvmm := fs.Bool("no-gvmm", false, "do not build ./cmd/gvmm (for tests that do not need it)")
+	run := fs.String("run", "", "run only the tests matching this regexp (-test.run)")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
@@ -73,7 +74,7 @@ func testMode(ctx context.Context, p *progress, args []string) error {
 		p.say("no test binaries to run")
 		parser.Line(markerDone)
 	case nested:
-		pl := l1Plan{mode: "test", tests: runnable, testTimeout: *testTimeout, heartbeat: 20}
+		pl := l1Plan{mode: "test", tests: runnable, testTimeout: *testTimeout, testRun: *run, heartbeat: 20}
 		l1, err := h.writeL1(gp, gvmmBin, pl, f.compress)
 		if err != nil {
 			return err
@@ -91,7 +92,7 @@ func testMode(ctx context.Context, p *progress, args []string) error {
 			"GVMM_GUEST_KERNEL=" + gp.guest.kernel,
 			"GVMM_GUEST_INITRD=" + gp.guest.initrd,
 		}
-		if why := runDirect(ctx, p, runnable, env, *testTimeout, f.timeout, parser); why != "" {
+		if why := runDirect(ctx, p, runnable, env, *testTimeout, *run, f.timeout, parser); why != "" {
 			problems = append(problems, why)
 		}
 	}
@@ -122,6 +123,9 @@ func testMode(ctx context.Context, p *progress, args []string) error {
 
 // writeL1 writes L1's initramfs for the plan into the run's folder.
 func (h *harness) writeL1(gp guestParts, gvmmBin string, pl l1Plan, compress bool) (string, error) {
+	if _, err := exec.LookPath("qemu-system-x86_64"); err != nil {
+		return "", fmt.Errorf("the nested machine needs QEMU: apt-get install qemu-system-x86 (listed in .ci/apt-packages): %w", err)
+	}
 	path := filepath.Join(h.work, "l1-initrd.cpio")
 	if compress {
 		path += ".gz"
@@ -139,7 +143,7 @@ func (h *harness) writeL1(gp guestParts, gvmmBin string, pl l1Plan, compress boo
 // runDirect runs the test binaries on this host, one after the other,
 // framed by the same markers L1 prints, and returns a problem outside the
 // packages, if any.
-func runDirect(ctx context.Context, p *progress, tests []testPkg, env []string, testTimeout, total time.Duration, parser *consoleParser) string {
+func runDirect(ctx context.Context, p *progress, tests []testPkg, env []string, testTimeout time.Duration, run string, total time.Duration, parser *consoleParser) string {
 	ctx, cancel := context.WithTimeout(ctx, total)
 	defer cancel()
 	say := func(s string) { p.relay(s); parser.Line(s) }
@@ -148,7 +152,11 @@ func runDirect(ctx context.Context, p *progress, tests []testPkg, env []string, 
 			break
 		}
 		say(markerBegin + t.pkg)
-		cmd := exec.Command(t.bin, "-test.v", "-test.timeout="+testTimeout.String())
+		args := []string{"-test.v", "-test.timeout=" + testTimeout.String()}
+		if run != "" {
+			args = append(args, "-test.run="+run)
+		}
+		cmd := exec.Command(t.bin, args...)
 		cmd.Dir = t.dir // as go test does: testdata/ is found relative to it
 		cmd.Env = append(os.Environ(), env...)
 		// A minute more than the binary's own timeout, which then panics
