@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"time"
 )
 
@@ -42,15 +43,20 @@ func (c l1Config) args() []string {
 
 // streamOutcome is how a streamed process ended.
 type streamOutcome struct {
-	err      error         // exit error, nil for status 0
-	silent   bool          // killed by the silence watchdog
-	timedOut bool          // killed by the overall timeout
-	firstOut time.Duration // from start to first output; 0 if none
+	err      error // exit error, nil for status 0
+	silent   bool  // killed by the silence watchdog
+	timedOut bool  // killed by the overall timeout
 }
 
-// stream runs cmd with its stdout and stderr merged, gives each line to
-// the line function and relays it to p when that says to show it. The process is killed when ctx ends, after timeout, or after
-// silence without a byte of output (0 disables the watchdog).
+// killGrace is how long stream waits for the output pipe to close after
+// killing the process group.
+const killGrace = 10 * time.Second
+
+// stream runs cmd in its own process group with stdout and stderr merged,
+// gives each line to the line function and relays it to p when that says
+// to show it. The whole group (a test binary and the gvmm processes it
+// started, say) is killed when ctx ends, after timeout, or after silence
+// without a byte of output (0 disables the watchdog).
 func stream(ctx context.Context, p *progress, cmd *exec.Cmd, timeout, silence time.Duration, line func(string) (show bool)) streamOutcome {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
@@ -58,26 +64,31 @@ func stream(ctx context.Context, p *progress, cmd *exec.Cmd, timeout, silence ti
 	if err != nil {
 		return streamOutcome{err: err}
 	}
+	defer pr.Close()
 	cmd.Stdout, cmd.Stderr = pw, pw
-	start := time.Now()
-	if err := cmd.Start(); err != nil {
-		pr.Close()
-		pw.Close()
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	err = cmd.Start()
+	pw.Close() // the child holds its own copy
+	if err != nil {
 		return streamOutcome{err: fmt.Errorf("start %s: %w", cmd.Path, err)}
 	}
-	pw.Close() // the child holds its own copy
 
 	var last atomic.Int64 // unix nanoseconds of the latest output
-	last.Store(start.UnixNano())
-	var first atomic.Int64
+	last.Store(time.Now().UnixNano())
 	lines := make(chan string, 256)
+	stop := make(chan struct{}) // the reader's way out if we stop listening
+	defer close(stop)
 	go func() {
 		defer close(lines)
-		r := bufio.NewReaderSize(&activityReader{r: pr, last: &last, first: &first}, 64<<10)
+		r := bufio.NewReaderSize(&activityReader{r: pr, last: &last}, 64<<10)
 		for {
 			s, err := r.ReadString('\n')
 			if s != "" {
-				lines <- strings.TrimRight(s, "\r\n")
+				select {
+				case lines <- strings.TrimRight(s, "\r\n"):
+				case <-stop:
+					return
+				}
 			}
 			if err != nil {
 				return
@@ -88,12 +99,12 @@ func stream(ctx context.Context, p *progress, cmd *exec.Cmd, timeout, silence ti
 	var out streamOutcome
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
-	killed := false
+	tickC, done := tick.C, ctx.Done() // set to nil once the group is killed
+	var grace <-chan time.Time        // runs once the group is killed
 	kill := func() {
-		if !killed && cmd.Process != nil {
-			cmd.Process.Kill()
-			killed = true
-		}
+		syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+		grace = time.After(killGrace)
+		tickC, done = nil, nil
 	}
 loop:
 	for {
@@ -105,43 +116,37 @@ loop:
 			if line(s) {
 				p.relay(s)
 			}
-		case <-tick.C:
-			if silence > 0 && !killed && time.Since(time.Unix(0, last.Load())) > silence {
+		case <-tickC:
+			if silence > 0 && time.Since(time.Unix(0, last.Load())) > silence {
 				p.say("no output for %v: killing %s (wedged?)", silence, cmd.Path)
 				out.silent = true
 				kill()
 			}
-		case <-ctx.Done():
-			if !killed {
-				if errors.Is(ctx.Err(), context.DeadlineExceeded) {
-					p.say("timeout after %v: killing %s", timeout, cmd.Path)
-					out.timedOut = true
-				}
-				kill()
+		case <-done:
+			if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+				p.say("timeout after %v: killing %s", timeout, cmd.Path)
+				out.timedOut = true
 			}
+			kill()
+		case <-grace:
+			p.say("output of %s still open %v after the kill; not waiting for it", cmd.Path, killGrace)
+			break loop
 		}
 	}
-	pr.Close()
 	out.err = cmd.Wait()
-	if f := first.Load(); f != 0 {
-		out.firstOut = time.Unix(0, f).Sub(start)
-	}
 	return out
 }
 
-// activityReader records when data last (and first) came through.
+// activityReader records when data last came through.
 type activityReader struct {
-	r     io.Reader
-	last  *atomic.Int64
-	first *atomic.Int64
+	r    io.Reader
+	last *atomic.Int64
 }
 
 func (a *activityReader) Read(b []byte) (int, error) {
 	n, err := a.r.Read(b)
 	if n > 0 {
-		now := time.Now().UnixNano()
-		a.last.Store(now)
-		a.first.CompareAndSwap(0, now)
+		a.last.Store(time.Now().UnixNano())
 	}
 	return n, err
 }

@@ -1,0 +1,78 @@
+package main
+
+import (
+	"context"
+	"io"
+	"os/exec"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestStream(t *testing.T) {
+	if _, err := exec.LookPath("sh"); err != nil {
+		t.Skip("no sh")
+	}
+	tests := []struct {
+		name             string
+		script           string
+		timeout, silence time.Duration
+		lines            []string // shown lines
+		silent, timedOut bool
+		exitErr          bool
+	}{{
+		name:    "lines and exit status",
+		script:  "echo one; printf 'two\\r\\n'; echo === GVMM-NESTED HEARTBEAT; echo err >&2; printf tail; exit 3",
+		timeout: 10 * time.Second, silence: 5 * time.Second,
+		lines:   []string{"one", "two", "err", "tail"},
+		exitErr: true,
+	}, {
+		name:    "silence kills the whole group",
+		script:  "echo start; sleep 30 & sleep 30",
+		timeout: 20 * time.Second, silence: 1500 * time.Millisecond,
+		lines:  []string{"start"},
+		silent: true, exitErr: true,
+	}, {
+		name:    "heartbeats keep it alive until the timeout",
+		script:  "while :; do echo === GVMM-NESTED HEARTBEAT; sleep 0.3; done",
+		timeout: 2500 * time.Millisecond, silence: 1500 * time.Millisecond,
+		timedOut: true, exitErr: true,
+	}}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var shown []string
+			start := time.Now()
+			out := stream(context.Background(), newProgress(io.Discard), exec.Command("sh", "-c", tt.script),
+				tt.timeout, tt.silence, func(s string) bool {
+					if isHeartbeat(s) {
+						return false
+					}
+					shown = append(shown, s)
+					return true
+				})
+			if el := time.Since(start); el > tt.timeout+killGrace/2 {
+				t.Errorf("took %v", el)
+			}
+			if !slices.Equal(shown, tt.lines) && !(len(shown) == 0 && len(tt.lines) == 0) {
+				t.Errorf("lines %q, want %q", shown, tt.lines)
+			}
+			if out.silent != tt.silent || out.timedOut != tt.timedOut || (out.err != nil) != tt.exitErr {
+				t.Errorf("outcome %+v, want silent=%v timedOut=%v exitErr=%v", out, tt.silent, tt.timedOut, tt.exitErr)
+			}
+		})
+	}
+}
+
+func TestL1Args(t *testing.T) {
+	a := strings.Join(l1Config{kernel: "K", initrd: "I", memMiB: 4096, cpus: 2}.args(), " ")
+	for _, want := range []string{"-accel tcg", "-cpu EPYC,+svm", "-m 4096", "-smp 2", "-no-reboot", "-kernel K", "-initrd I", "-serial stdio"} {
+		if !strings.Contains(a, want) {
+			t.Errorf("args %q lack %q", a, want)
+		}
+	}
+	ia := l1Config{interactive: true}.args()
+	if ia[len(ia)-1] != "mon:stdio" {
+		t.Errorf("interactive args end in %q", ia[len(ia)-1])
+	}
+}
