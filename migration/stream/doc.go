@@ -127,8 +127,10 @@
 // sender sends a page at most once. After every connection is DONE the
 // destination checks the manifest (passes, page and zero-page counts,
 // states, each connection's record count and hash); only then does Run
-// succeed. The destination then sends ack once it is ready to take over;
-// the source stays authoritative until it has verified the ack.
+// succeed. The destination reads no connection past its final record:
+// bytes after it are not part of the stream and are never applied. The
+// destination then sends ack once it is ready to take over; the source
+// stays authoritative until it has verified the ack.
 //
 // # Pages and compression
 //

@@ -1,7 +1,6 @@
 package stream
 
 import (
-	"bufio"
 	"context"
 	"crypto/cipher"
 	"errors"
@@ -155,8 +154,7 @@ func Accept(ctx context.Context, ln net.Listener, key []byte, mem Memory, opts R
 // rconn is the receiving side of one connection, owned by its goroutine.
 type rconn struct {
 	idx  uint16
-	br   *bufio.Reader
-	raw  io.Reader
+	br   io.Reader
 	hdr  []byte
 	aead cipher.AEAD
 	seq  uint64
@@ -242,11 +240,13 @@ func (r *Receiver) Run(ctx context.Context) (Result, error) {
 func (r *Receiver) start(ctx context.Context, cancel context.CancelCauseFunc) (*runState, error) {
 	n := len(r.conns)
 	hdrs := make([][]byte, n)
-	brs := make([]*bufio.Reader, n)
+	brs := make([]io.Reader, n)
 	errs := make([]error, n)
 	var wg sync.WaitGroup
 	for i, c := range r.conns {
-		brs[i] = bufio.NewReaderSize(c, 256<<10)
+		// No bufio: records are large and read in two calls (header,
+		// payload), and a buffer would copy part of every payload once more.
+		brs[i] = c
 		if r.pre != nil {
 			hdrs[i] = r.pre[i]
 			continue
@@ -296,7 +296,7 @@ func (r *Receiver) start(ctx context.Context, cancel context.CancelCauseFunc) (*
 				return nil, err
 			}
 		}
-		rs.conns[idx] = &rconn{idx: idx, br: brs[i], raw: r.conns[i], hdr: b, aead: a, hash: newChain(b), wire: headerSize}
+		rs.conns[idx] = &rconn{idx: idx, br: brs[i], hdr: b, aead: a, hash: newChain(b), wire: headerSize}
 	}
 	rs.barrier = newPassBarrier(n)
 	return rs, nil
