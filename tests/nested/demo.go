@@ -73,7 +73,7 @@ func demoMode(ctx context.Context, p *progress, args []string) error {
 		}
 		parser := newConsoleParser()
 		parser.watchFor(guestUp)
-		out := stream(ctx, p, cmd, f.timeout, f.silence, func(s string) bool {
+		out := stream(ctx, p, cmd, f.timeout, f.silence, nil, func(s string) bool {
 			parser.Line(s)
 			return true
 		})
@@ -94,7 +94,7 @@ func demoMode(ctx context.Context, p *progress, args []string) error {
 		demoArgs: demoArgs(l1GvmmBin, l1GuestKernel, l1GuestInitrd, *guestMem, *guestCPUs, cmdline),
 	}
 	if !interactive {
-		pl.heartbeat = 20 // not on a terminal the user types into
+		pl.heartbeat = 20 // only the non-interactive L1 has the second serial port
 	}
 	l1, err := h.writeL1(gp, gvmmBin, pl, f.compress)
 	if err != nil {
@@ -132,8 +132,8 @@ func banner(p *progress, interactive, nested bool) {
 	if nested {
 		p.say("This host has no usable /dev/kvm, so the demo runs one level down: QEMU emulates")
 		p.say("an AMD CPU with SVM (TCG, no hardware help), Linux boots in it (L1) and loads kvm-amd,")
-		p.say("and gvmm runs in L1 on that /dev/kvm to boot the guest (L2). Booting L1 takes a")
-		p.say("minute or so under TCG, and the guest boots slowly there too: be patient.")
+		p.say("and gvmm runs in L1 on that /dev/kvm to boot the guest (L2). L1 boots in about 10 s,")
+		p.say("the guest inside it in half a minute or more (every exit is emulated twice): be patient.")
 	} else {
 		p.say("Running gvmm directly on this host's /dev/kvm.")
 	}

@@ -22,11 +22,12 @@
 //
 // A package passes when its END marker says rc=0 and its output has no
 // "--- SKIP" line: inside L1, /dev/kvm is promised, so a test that skips
-// for lack of KVM is a failure. L1 also prints a heartbeat marker every
-// few seconds; under this emulation L1 now and then wedges with both vCPUs
-// spinning and no timer firing, which stops the heartbeat too. No output
-// for -silence means such a wedge: the harness kills QEMU, says so, and
-// retries the whole L1 run once.
+// for lack of KVM is a failure. L1 also writes a heartbeat every 20 s to
+// its second serial port, which QEMU writes to a file; under this emulation
+// L1 now and then wedges with both vCPUs spinning and no timer firing,
+// which stops the heartbeat too. Neither output nor heartbeat for -silence
+// means such a wedge: the harness kills QEMU, says so, and retries the whole
+// L1 run once.
 //
 // GVMM_NESTED=force takes the nested path even with /dev/kvm (to test the
 // harness itself); GVMM_NESTED=off runs directly even without it.

@@ -213,6 +213,7 @@ func (h *harness) bootL1(ctx context.Context, c l1Config, f l1Flags, newParser f
 	var parser *consoleParser
 	var out streamOutcome
 	for attempt := 1; attempt <= 2; attempt++ {
+		c.heartbeat = filepath.Join(h.work, fmt.Sprintf("l1-heartbeat-%d", attempt))
 		h.p.say("booting L1 (attempt %d of 2): qemu-system-x86_64 %s", attempt, strings.Join(c.args(), " "))
 		parser = newParser()
 		var t l1Timing

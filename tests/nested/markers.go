@@ -8,15 +8,14 @@ import (
 
 // Marker lines that L1's /init (l1init.sh) prints on the serial console.
 const (
-	markerPrefix    = "=== GVMM-NESTED "
-	markerUp        = markerPrefix + "L1 UP"     // userspace in L1 started
-	markerKVM       = markerPrefix + "KVM READY" // /dev/kvm is there
-	markerBegin     = markerPrefix + "BEGIN "    // + package
-	markerEnd       = markerPrefix + "END "      // + package + " rc=N"
-	markerError     = markerPrefix + "ERROR "    // + what went wrong in L1
-	markerHeartbeat = markerPrefix + "HEARTBEAT" // L1 is alive; not shown
-	markerDemo      = markerPrefix + "DEMO rc="  // + gvmm run's exit status
-	markerDone      = markerPrefix + "DONE"      // L1 is about to power off
+	markerPrefix = "=== GVMM-NESTED "
+	markerUp     = markerPrefix + "L1 UP"     // userspace in L1 started
+	markerKVM    = markerPrefix + "KVM READY" // /dev/kvm is there
+	markerBegin  = markerPrefix + "BEGIN "    // + package
+	markerEnd    = markerPrefix + "END "      // + package + " rc=N"
+	markerError  = markerPrefix + "ERROR "    // + what went wrong in L1
+	markerDemo   = markerPrefix + "DEMO rc="  // + gvmm run's exit status
+	markerDone   = markerPrefix + "DONE"      // L1 is about to power off
 )
 
 // pkgResult is what the console said about one test package.
@@ -73,11 +72,6 @@ func (p *consoleParser) watchFor(s string) { p.lines[s] = false }
 // sawLine reports whether a line given to watchFor was seen.
 func (p *consoleParser) sawLine(s string) bool { return p.lines[s] }
 
-// isHeartbeat reports whether the line is only there to show L1 is alive.
-func isHeartbeat(line string) bool {
-	return strings.TrimSpace(strings.TrimRight(line, "\r")) == markerHeartbeat
-}
-
 // Line takes one line of output, without its newline.
 func (p *consoleParser) Line(line string) {
 	line = strings.TrimRight(line, "\r")
@@ -117,7 +111,6 @@ func (p *consoleParser) marker(m string) {
 		p.kvm = true
 	case m == markerDone:
 		p.done = true
-	case m == markerHeartbeat:
 	case strings.HasPrefix(m, markerError):
 		p.errors = append(p.errors, strings.TrimPrefix(m, markerError))
 	case strings.HasPrefix(m, markerDemo):

@@ -18,7 +18,8 @@ import (
 type l1Config struct {
 	kernel, initrd string
 	memMiB, cpus   int
-	interactive    bool // serial console and QEMU monitor on the terminal
+	interactive    bool   // serial console and QEMU monitor on the terminal
+	heartbeat      string // file that L1's second serial port writes to; "" for none
 }
 
 // l1Cmdline is L1's kernel command line. panic=-1 with QEMU's -no-reboot
@@ -38,7 +39,11 @@ func (c l1Config) args() []string {
 		// Serial console multiplexed with the monitor: Ctrl-a x quits.
 		return append(a, "-serial", "mon:stdio")
 	}
-	return append(a, "-serial", "stdio")
+	a = append(a, "-serial", "stdio") // ttyS0, the console
+	if c.heartbeat != "" {
+		a = append(a, "-serial", "file:"+c.heartbeat) // ttyS1
+	}
+	return a
 }
 
 // streamOutcome is how a streamed process ended.
@@ -55,9 +60,10 @@ const killGrace = 10 * time.Second
 // stream runs cmd in its own process group with stdout and stderr merged,
 // gives each line to the line function and relays it to p when that says
 // to show it. The whole group (a test binary and the gvmm processes it
-// started, say) is killed when ctx ends, after timeout, or after silence
-// without a byte of output (0 disables the watchdog).
-func stream(ctx context.Context, p *progress, cmd *exec.Cmd, timeout, silence time.Duration, line func(string) (show bool)) streamOutcome {
+// started, say) is killed when ctx ends, after timeout, or after silence:
+// no byte of output and no sign of life from alive (if not nil) for that
+// long (0 disables the watchdog).
+func stream(ctx context.Context, p *progress, cmd *exec.Cmd, timeout, silence time.Duration, alive func() time.Time, line func(string) (show bool)) streamOutcome {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	pr, pw, err := os.Pipe()
@@ -117,7 +123,13 @@ loop:
 				p.relay(s)
 			}
 		case <-tickC:
-			if silence > 0 && time.Since(time.Unix(0, last.Load())) > silence {
+			latest := time.Unix(0, last.Load())
+			if alive != nil {
+				if t := alive(); t.After(latest) {
+					latest = t
+				}
+			}
+			if silence > 0 && time.Since(latest) > silence {
 				p.say("no output for %v: killing %s (wedged?)", silence, cmd.Path)
 				out.silent = true
 				kill()
@@ -164,7 +176,13 @@ func runL1(ctx context.Context, p *progress, c l1Config, parser *consoleParser, 
 	start := time.Now()
 	var t l1Timing
 	tcgWarnings := 0
-	out := stream(ctx, p, cmd, timeout, silence, func(s string) bool {
+	alive := func() time.Time {
+		if fi, err := os.Stat(c.heartbeat); err == nil && c.heartbeat != "" {
+			return fi.ModTime()
+		}
+		return time.Time{}
+	}
+	out := stream(ctx, p, cmd, timeout, silence, alive, func(s string) bool {
 		parser.Line(s)
 		if strings.Contains(s, "TCG doesn't support requested feature") {
 			tcgWarnings++
@@ -176,7 +194,7 @@ func runL1(ctx context.Context, p *progress, c l1Config, parser *consoleParser, 
 		if t.kvm == 0 && parser.kvm {
 			t.kvm = time.Since(start)
 		}
-		return !isHeartbeat(s)
+		return true
 	})
 	t.total = time.Since(start)
 	if tcgWarnings > 0 {

@@ -18,12 +18,13 @@ func TestStream(t *testing.T) {
 		name             string
 		script           string
 		timeout, silence time.Duration
+		alive            func() time.Time
 		lines            []string // shown lines
 		silent, timedOut bool
 		exitErr          bool
 	}{{
 		name:    "lines and exit status",
-		script:  "echo one; printf 'two\\r\\n'; echo === GVMM-NESTED HEARTBEAT; echo err >&2; printf tail; exit 3",
+		script:  "echo one; printf 'two\\r\\n'; echo err >&2; printf tail; exit 3",
 		timeout: 10 * time.Second, silence: 5 * time.Second,
 		lines:   []string{"one", "two", "err", "tail"},
 		exitErr: true,
@@ -35,8 +36,9 @@ func TestStream(t *testing.T) {
 		silent: true, exitErr: true,
 	}, {
 		name:    "heartbeats keep it alive until the timeout",
-		script:  "while :; do echo === GVMM-NESTED HEARTBEAT; sleep 0.3; done",
+		script:  "sleep 30",
 		timeout: 2500 * time.Millisecond, silence: 1500 * time.Millisecond,
+		alive:    func() time.Time { return time.Now() },
 		timedOut: true, exitErr: true,
 	}}
 	for _, tt := range tests {
@@ -44,10 +46,7 @@ func TestStream(t *testing.T) {
 			var shown []string
 			start := time.Now()
 			out := stream(context.Background(), newProgress(io.Discard), exec.Command("sh", "-c", tt.script),
-				tt.timeout, tt.silence, func(s string) bool {
-					if isHeartbeat(s) {
-						return false
-					}
+				tt.timeout, tt.silence, tt.alive, func(s string) bool {
 					shown = append(shown, s)
 					return true
 				})
@@ -70,6 +69,13 @@ func TestL1Args(t *testing.T) {
 		if !strings.Contains(a, want) {
 			t.Errorf("args %q lack %q", a, want)
 		}
+	}
+	if !strings.HasSuffix(a, "-serial stdio") {
+		t.Errorf("args %q: the console is not last, with no heartbeat port", a)
+	}
+	hb := strings.Join(l1Config{heartbeat: "/x/hb"}.args(), " ")
+	if !strings.HasSuffix(hb, "-serial stdio -serial file:/x/hb") {
+		t.Errorf("args %q: ttyS0 must be the console, ttyS1 the heartbeat", hb)
 	}
 	ia := l1Config{interactive: true}.args()
 	if ia[len(ia)-1] != "mon:stdio" {

@@ -161,7 +161,7 @@ func runDirect(ctx context.Context, p *progress, tests []testPkg, env []string, 
 		cmd.Env = append(os.Environ(), env...)
 		// A minute more than the binary's own timeout, which then panics
 		// with every goroutine's stack: that report is worth the wait.
-		out := stream(ctx, p, cmd, testTimeout+time.Minute, 0, func(s string) bool {
+		out := stream(ctx, p, cmd, testTimeout+time.Minute, 0, nil, func(s string) bool {
 			parser.Line(s)
 			return true
 		})
