@@ -12,8 +12,6 @@ import (
 	"time"
 )
 
-const guestUp = "gvmm-guest: userspace up"
-
 // demoArgs is the gvmm command line of the demo.
 func demoArgs(gvmm, kernel, initrd, mem string, cpus int, cmdline string) []string {
 	return []string{gvmm, "run", "--kernel", kernel, "--initrd", initrd,

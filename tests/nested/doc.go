@@ -6,7 +6,7 @@
 //	go run ./tests/nested test [flags] PKG...   run PKG's tests under KVM
 //	go run ./tests/nested demo [flags]          boot a Linux guest with gvmm
 //	go run ./tests/nested shell [flags]         a shell in L1, for debugging
-//	go run ./tests/nested bench                 not yet implemented
+//	go run ./tests/nested bench [flags]         time guest boots with gvmm
 //
 // When the host has a usable /dev/kvm, the compiled test binaries (and the
 // demo) run directly on it. Otherwise the harness builds an "L1" machine:

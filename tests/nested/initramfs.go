@@ -229,6 +229,7 @@ type l1Plan struct {
 	tests       []testPkg     // test mode: packages with a binary
 	testTimeout time.Duration // test mode: -test.timeout of each binary
 	testRun     string        // test mode: -test.run of each binary, if set
+	benchRuns   int           // bench mode: how many times to run gvmm_demo
 	demoArgs    []string      // demo mode: the gvmm command line
 	heartbeat   int           // seconds between heartbeats; 0: none
 }
@@ -247,6 +248,7 @@ func (pl l1Plan) script() string {
 	fmt.Fprintf(&b, "GVMM_MODULES=%s\n", shQuote(strings.Join(mods, " ")))
 	fmt.Fprintf(&b, "GVMM_TEST_TIMEOUT=%s\n", shQuote(pl.testTimeout.String()))
 	fmt.Fprintf(&b, "GVMM_TEST_RUN=%s\n", shQuote(pl.testRun))
+	fmt.Fprintf(&b, "GVMM_BENCH_RUNS=%d\n", pl.benchRuns)
 	fmt.Fprintf(&b, "GVMM_HEARTBEAT=%d\n", pl.heartbeat)
 	q := []string{"return", "1"} // no demo in this plan
 	if len(pl.demoArgs) > 0 {

@@ -65,6 +65,15 @@ demo)
 		echo "=== GVMM-NESTED ERROR $GVMM_BIN is missing"
 	fi
 	;;
+bench)
+	i=1
+	while [ "$i" -le "$GVMM_BENCH_RUNS" ]; do
+		echo "=== GVMM-NESTED BENCH START $i"
+		gvmm_demo </dev/null
+		echo "=== GVMM-NESTED BENCH END $i rc=$?"
+		i=$((i + 1))
+	done
+	;;
 shell)
 	echo "L1 shell: /dev/kvm is ready, gvmm and the guest image are in /gvmm. Type poweroff to leave."
 	# Busybox ash runs its poweroff applet before PATH; a function wins.

@@ -23,7 +23,7 @@ modes:
                         a nested QEMU/TCG machine when the host has no /dev/kvm)
   demo [flags]          boot a Linux guest with gvmm and show its console
   shell [flags]         a shell in the nested machine (L1), for debugging
-  bench                 not yet implemented
+  bench [flags]         time guest boots with gvmm (start to first userspace line)
 
 environment:
   GVMM_NESTED=force|off  always / never use the nested machine (default: only
@@ -56,8 +56,7 @@ func realMain(args []string) int {
 	case "shell":
 		err = shellMode(ctx, p, args[1:])
 	case "bench":
-		fmt.Fprintln(os.Stderr, "nested bench: not yet implemented")
-		return 2
+		err = benchMode(ctx, p, args[1:])
 	default:
 		fmt.Fprintf(os.Stderr, "nested: unknown mode %q\n\n%s", args[0], usageText)
 		return 2
@@ -110,6 +109,7 @@ func newHarness(ctx context.Context, p *progress, keep bool) (*harness, error) {
 	if err := os.MkdirAll(filepath.Join(cache, "build"), 0o755); err != nil {
 		return nil, err
 	}
+	removeStale(filepath.Join(cache, "build"), p)
 	// One folder per run: other runs (other engineers, CI) may build at
 	// the same time.
 	work, err := os.MkdirTemp(filepath.Join(cache, "build"), time.Now().Format("20060102-150405-"))
@@ -117,6 +117,28 @@ func newHarness(ctx context.Context, p *progress, keep bool) (*harness, error) {
 		return nil, err
 	}
 	return &harness{p: p, tool: g, cache: cache, work: work, keep: keep}, nil
+}
+
+// staleAfter is the age at which a run's build folder is surely not in use
+// any more (runs are bounded well below it), even one kept with -keep.
+const staleAfter = 24 * time.Hour
+
+// removeStale removes run folders older than staleAfter, left by -keep or
+// by runs that were killed. Younger ones may belong to a run in progress.
+func removeStale(dir string, p *progress) {
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return
+	}
+	for _, e := range entries {
+		fi, err := e.Info()
+		if err != nil || !e.IsDir() || time.Since(fi.ModTime()) < staleAfter {
+			continue
+		}
+		if err := os.RemoveAll(filepath.Join(dir, e.Name())); err == nil {
+			p.say("removed a stale build folder: %s", e.Name())
+		}
+	}
 }
 
 func (h *harness) close() {

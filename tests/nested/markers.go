@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"time"
 )
 
 // Marker lines that L1's /init (l1init.sh) prints on the serial console.
@@ -16,7 +17,23 @@ const (
 	markerError  = markerPrefix + "ERROR "    // + what went wrong in L1
 	markerDemo   = markerPrefix + "DEMO rc="  // + gvmm run's exit status
 	markerDone   = markerPrefix + "DONE"      // L1 is about to power off
+
+	markerBenchStart = markerPrefix + "BENCH START " // + run number; gvmm starts now
+	markerBenchEnd   = markerPrefix + "BENCH END "   // + run number + " rc=N"
 )
+
+// guestUp is the first line the guest's /init prints (tests/guest/init).
+const guestUp = "gvmm-guest: userspace up"
+
+// benchRun is one guest boot of the bench mode, timed by when its lines
+// reached the parser.
+type benchRun struct {
+	n          int
+	start, up  time.Time // BENCH START, first guestUp line after it
+	end        time.Time // BENCH END; rc is valid only if set
+	rc         int
+	unreadable bool // BENCH END without a readable rc
+}
 
 // pkgResult is what the console said about one test package.
 type pkgResult struct {
@@ -59,10 +76,23 @@ type consoleParser struct {
 	demoRan bool       // DEMO rc= seen
 	panic   string     // first "Kernel panic" line
 	lines   map[string]bool
+	bench   []*benchRun      // in order of BENCH START
+	now     func() time.Time // the clock that times bench runs
 }
 
 func newConsoleParser() *consoleParser {
-	return &consoleParser{results: map[string]*pkgResult{}, lines: map[string]bool{}}
+	return &consoleParser{results: map[string]*pkgResult{}, lines: map[string]bool{}, now: time.Now}
+}
+
+// curBench is the bench run between its START and END, or nil.
+func (p *consoleParser) curBench() *benchRun {
+	if len(p.bench) == 0 {
+		return nil
+	}
+	if b := p.bench[len(p.bench)-1]; b.end.IsZero() {
+		return b
+	}
+	return nil
 }
 
 // watchFor makes sawLine report whether a line equal to s (after trimming
@@ -87,6 +117,9 @@ func (p *consoleParser) Line(line string) {
 	}
 	if p.panic == "" && strings.Contains(t, "Kernel panic") {
 		p.panic = t
+	}
+	if b := p.curBench(); b != nil && b.up.IsZero() && strings.Contains(t, guestUp) {
+		b.up = p.now()
 	}
 	if p.cur == nil {
 		return
@@ -120,6 +153,25 @@ func (p *consoleParser) marker(m string) {
 			return
 		}
 		p.demoRC, p.demoRan = rc, true
+	case strings.HasPrefix(m, markerBenchStart):
+		n, err := strconv.Atoi(strings.TrimPrefix(m, markerBenchStart))
+		if err != nil {
+			p.errors = append(p.errors, "unreadable marker: "+m)
+			return
+		}
+		p.bench = append(p.bench, &benchRun{n: n, start: p.now()})
+	case strings.HasPrefix(m, markerBenchEnd):
+		b := p.curBench()
+		if b == nil {
+			p.errors = append(p.errors, "BENCH END without its START")
+			return
+		}
+		b.end = p.now()
+		_, rc, ok := strings.Cut(strings.TrimPrefix(m, markerBenchEnd), " rc=")
+		var err error
+		if b.rc, err = strconv.Atoi(rc); !ok || err != nil {
+			b.unreadable = true
+		}
 	case strings.HasPrefix(m, markerBegin):
 		pkg := strings.TrimPrefix(m, markerBegin)
 		if p.cur != nil {

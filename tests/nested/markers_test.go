@@ -1,9 +1,11 @@
 package main
 
 import (
+	"io"
 	"slices"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestConsoleParser(t *testing.T) {
@@ -119,5 +121,41 @@ func TestConsoleParserDemo(t *testing.T) {
 	}
 	if !p.up || !p.sawLine("gvmm-guest: userspace up") || !p.demoRan || p.demoRC != 3 || p.done {
 		t.Fatalf("parser state: up=%v guest=%v demo=%v/%d done=%v", p.up, p.sawLine("gvmm-guest: userspace up"), p.demoRan, p.demoRC, p.done)
+	}
+}
+
+func TestConsoleParserBench(t *testing.T) {
+	p := newConsoleParser()
+	clock := time.Unix(1000, 0)
+	p.now = func() time.Time { return clock }
+	step := func(d time.Duration, line string) {
+		clock = clock.Add(d)
+		p.Line(line)
+	}
+	step(0, "=== GVMM-NESTED BENCH START 1")
+	step(2*time.Second, "[    0.5] Linux version")
+	step(20*time.Second, "gvmm-guest: userspace up\r")
+	step(time.Second, "gvmm-guest: userspace up") // only the first counts
+	step(5*time.Second, "=== GVMM-NESTED BENCH END 1 rc=0")
+	step(0, "gvmm-guest: userspace up") // outside a run: ignored
+	step(time.Second, "=== GVMM-NESTED BENCH START 2")
+	step(3*time.Second, "=== GVMM-NESTED BENCH END 2 rc=1")
+	step(0, "=== GVMM-NESTED BENCH START 3")
+
+	if len(p.bench) != 3 || len(p.errors) != 0 {
+		t.Fatalf("bench %d runs, errors %q", len(p.bench), p.errors)
+	}
+	b := p.bench[0]
+	if up, end := b.up.Sub(b.start), b.end.Sub(b.start); up != 22*time.Second || end != 28*time.Second || b.rc != 0 {
+		t.Errorf("run 1: up %v end %v rc %d", up, end, b.rc)
+	}
+	if b := p.bench[1]; !b.up.IsZero() || b.rc != 1 || b.end.IsZero() {
+		t.Errorf("run 2: %+v", b)
+	}
+	if b := p.bench[2]; !b.end.IsZero() {
+		t.Errorf("run 3 ended: %+v", b)
+	}
+	if err := benchReport(newProgress(io.Discard), p, 4); err == nil || err.Error() != "3 of 4 boots failed" {
+		t.Errorf("benchReport: %v", err)
 	}
 }
