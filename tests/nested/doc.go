@@ -8,8 +8,10 @@
 //	go run ./tests/nested shell [flags]         a shell in L1, for debugging
 //	go run ./tests/nested bench [flags]         time guest boots with gvmm
 //
-// When the host has a usable /dev/kvm, the compiled test binaries (and the
-// demo) run directly on it. Otherwise the harness builds an "L1" machine:
+// When the host has a usable /dev/kvm (one backed by kvm_intel or kvm_amd;
+// not kvm_pvm, which some sandboxes offer and which runs only PVM guest
+// kernels), the compiled test binaries (and the demo) run directly on it.
+// Otherwise the harness builds an "L1" machine:
 // QEMU with the TCG emulator and an AMD CPU model with SVM, booting
 // Debian's kernel with an initramfs that loads kvm-amd (so /dev/kvm exists
 // inside L1), then runs the same binaries there and powers off. Results
@@ -44,8 +46,12 @@
 // cpio, gzip) holding busybox-static, tests/guest/init as /init, the shell
 // functions in tests/guest/shrc, and the static agent from tests/guest/agent.
 //
+// testdata/selftest checks the harness itself without gvmm:
+//
+//	GVMM_NESTED=force go run ./tests/nested test -no-gvmm ./tests/nested/testdata/selftest
+//
 // Downloads (apt-get download, unpacked with dpkg -x) are cached under
 // $GVMM_CACHE (default <repo>/.cache/gvmm), one folder per package version.
 // Each run builds into its own folder under $GVMM_CACHE/build, removed at the
-// end unless -keep is given.
+// end unless -keep is given (and by a later run once a day old).
 package main
