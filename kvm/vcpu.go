@@ -293,8 +293,20 @@ func (c *VCPU) SetCPUID(entries []CPUIDEntry) error {
 }
 
 // GetCPUID returns the CPUID leaves set for this vCPU (KVM_GET_CPUID2).
+//
+// Some kernels (6.1 among them) leave kvm_cpuid2.nent as the caller's
+// buffer size when KVM_GET_CPUID2 succeeds, so the unused tail of the
+// buffer comes back as all-zero entries; they are dropped. No real entry is
+// all zero: leaf 0 always reports its maximum leaf and vendor.
 func (c *VCPU) GetCPUID() ([]CPUIDEntry, error) {
-	return getCPUID(&c.fd, "KVM_GET_CPUID2", _KVM_GET_CPUID2)
+	entries, err := getCPUID(&c.fd, "KVM_GET_CPUID2", _KVM_GET_CPUID2)
+	if err != nil {
+		return nil, err
+	}
+	for len(entries) > 0 && entries[len(entries)-1] == (CPUIDEntry{}) {
+		entries = entries[:len(entries)-1]
+	}
+	return entries, nil
 }
 
 // GetTSCKHz returns the guest TSC frequency in kHz (KVM_GET_TSC_KHZ).

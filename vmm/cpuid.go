@@ -11,6 +11,8 @@ const (
 	cpuid1ECXTSCDeadline = 1 << 24
 	cpuid1ECXHypervisor  = 1 << 31
 	cpuid1EDXHTT         = 1 << 28
+	cpuid1ECXVMX         = 1 << 5
+	cpuidExt1ECXSVM      = 1 << 2
 )
 
 // guestCPUID derives vCPU id's CPUID from what KVM supports: every feature
@@ -18,6 +20,10 @@ const (
 // really is (ncpus single-threaded cores in one package, APIC ID = id).
 // The TSC-deadline timer is announced when the in-kernel LAPIC emulates it,
 // so the guest never needs to calibrate its LAPIC timer against the PIT.
+// Hardware virtualisation (VMX, SVM) is hidden: gvmm does not offer nested
+// guests, and a guest that sees SVM takes paths on reboot (disabling
+// virtualisation) that reset the vCPU under nested KVM instead of reaching
+// the reset register.
 func guestCPUID(supported []kvm.CPUIDEntry, id, ncpus int, tscDeadline bool) []kvm.CPUIDEntry {
 	out := make([]kvm.CPUIDEntry, len(supported))
 	copy(out, supported)
@@ -28,6 +34,7 @@ func guestCPUID(supported []kvm.CPUIDEntry, id, ncpus int, tscDeadline bool) []k
 		case 1:
 			e.EBX = e.EBX&0x0000ffff | uint32(id)<<24 | uint32(ncpus&0xff)<<16
 			e.ECX |= cpuid1ECXHypervisor
+			e.ECX &^= cpuid1ECXVMX
 			if tscDeadline {
 				e.ECX |= cpuid1ECXTSCDeadline
 			}
@@ -54,6 +61,8 @@ func guestCPUID(supported []kvm.CPUIDEntry, id, ncpus int, tscDeadline bool) []k
 				e.EAX, e.EBX, e.ECX = 0, 0, e.Index
 			}
 			e.EDX = uint32(id)
+		case 0x80000001:
+			e.ECX &^= cpuidExt1ECXSVM
 		case 0x80000008:
 			// AMD: number of cores minus one; ApicIdCoreIdSize 0
 			// means "derive it from that number".

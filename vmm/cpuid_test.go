@@ -20,7 +20,8 @@ func findLeaf(t *testing.T, es []kvm.CPUIDEntry, fn, idx uint32) kvm.CPUIDEntry 
 func TestGuestCPUID(t *testing.T) {
 	supported := []kvm.CPUIDEntry{
 		{Function: 0, EAX: 0xd},
-		{Function: 1, EBX: 0xff0a0800, ECX: 0x1, EDX: cpuid1EDXHTT | 1},
+		{Function: 1, EBX: 0xff0a0800, ECX: 0x1 | cpuid1ECXVMX, EDX: cpuid1EDXHTT | 1},
+		{Function: 0x80000001, ECX: cpuidExt1ECXSVM | 1},
 		{Function: 0xb, Index: 0, EAX: 1, EBX: 2, ECX: 0x100, EDX: 9},
 		{Function: 0xb, Index: 1, EAX: 5, EBX: 32, ECX: 0x201, EDX: 9},
 		{Function: 0xb, Index: 2, EAX: 0, EBX: 0, ECX: 2, EDX: 9},
@@ -39,6 +40,9 @@ func TestGuestCPUID(t *testing.T) {
 		}
 		if l1.ECX&cpuid1ECXHypervisor == 0 || l1.ECX&cpuid1ECXTSCDeadline == 0 || l1.ECX&1 == 0 {
 			t.Errorf("leaf 1 ECX %#x lacks hypervisor/TSC-deadline or lost a KVM bit", l1.ECX)
+		}
+		if l1.ECX&cpuid1ECXVMX != 0 || findLeaf(t, got, 0x80000001, 0).ECX != 1 {
+			t.Errorf("VMX or SVM still visible, or another bit lost")
 		}
 		if (l1.EDX&cpuid1EDXHTT != 0) != (tt.n > 1) {
 			t.Errorf("n %d: HTT bit %#x", tt.n, l1.EDX&cpuid1EDXHTT)

@@ -13,9 +13,12 @@ const (
 	cmdlineAddr   = 0x20000
 	cmdlineMaxLen = 0x10000
 
-	ebdaStart    = 0x9fc00
-	acpiAddr     = 0xe0000 // RSDP; the other tables follow
-	acpiEnd      = 0x100000
+	ebdaStart = 0x9fc00
+	acpiAddr  = 0xe0000 // RSDP; the other tables follow
+	acpiEnd   = 0xffff0
+	// resetVector is f000:fff0, where a CPU leaving for "the BIOS"
+	// lands; gvmm keeps a stub there (see resetStub).
+	resetVector  = 0xffff0
 	highMemStart = 0x100000 // protected-mode kernel is loaded here
 
 	// kernelMinLoad is LOAD_PHYSICAL_ADDR of x86-64 kernels: the

@@ -295,6 +295,9 @@ func (m *Machine) load(img *bzImage, cfg Config, initrd *os.File, initrdSize uin
 	if err := m.mem.WriteAt(zp, zeroPageAddr); err != nil {
 		return fmt.Errorf("write zero page: %w", err)
 	}
+	if err := m.mem.WriteAt(resetStub[:], resetVector); err != nil {
+		return fmt.Errorf("write reset vector: %w", err)
+	}
 	return writeBootTables(m.mem)
 }
 
@@ -314,8 +317,10 @@ func (m *Machine) wireDevices(console io.Writer) {
 	power := func(ev powerEvent) {
 		switch ev {
 		case powerOff:
+			m.log.Info("guest requested power off")
 			m.end(ExitPowerOff, nil)
 		case powerReset:
+			m.log.Info("guest requested reset")
 			m.end(ExitReboot, nil)
 		}
 	}
@@ -403,6 +408,7 @@ loop:
 	for _, v := range m.vcpus {
 		v.kick()
 	}
+	m.log.Debug("waiting for vCPU threads to stop")
 	wg.Wait()
 	m.serial.Flush()
 	return m.endReason, m.endErr

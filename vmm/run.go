@@ -46,6 +46,13 @@ func (v *vcpu) run(started chan<- struct{}) error {
 	for {
 		v.cpu.SetImmediateExit(false)
 		if v.stop.Load() {
+			if regs, err := v.cpu.GetRegs(); err == nil {
+				sregs, _ := v.cpu.GetSregs()
+				mp, _ := v.cpu.GetMPState()
+				v.m.log.Debug("vCPU stopped", "vcpu", v.id, "rip", fmt.Sprintf("%#x", regs.RIP),
+					"cs", fmt.Sprintf("%#x/%#x", sregs.CS.Selector, sregs.CS.Base), "cr0", fmt.Sprintf("%#x", sregs.CR0),
+					"efer", fmt.Sprintf("%#x", sregs.EFER), "rflags", fmt.Sprintf("%#x", regs.RFLAGS), "mp", mp.State)
+			}
 			return nil
 		}
 		if err := v.cpu.Run(); err != nil {
@@ -62,7 +69,11 @@ func (v *vcpu) run(started chan<- struct{}) error {
 
 // handleExit services one exit from KVM_RUN.
 func (v *vcpu) handleExit() error {
-	switch r := v.cpu.ExitReason(); r {
+	r := v.cpu.ExitReason()
+	if r != kvm.ExitIO && r != kvm.ExitMMIO {
+		v.m.log.Debug("exit", "vcpu", v.id, "reason", r)
+	}
+	switch r {
 	case kvm.ExitIO:
 		io := v.cpu.IO()
 		size := int(io.Size)

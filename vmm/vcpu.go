@@ -47,6 +47,19 @@ const (
 	apicModeExtINT = 7
 )
 
+// resetStub is the only "BIOS" gvmm has: 16 bytes of real-mode code at the
+// reset vector that ask gvmm for a reset through the ACPI reset register.
+// Linux reboots through it on hardware-reduced ACPI machines: there
+// reboot_type defaults to EFI (efi_reboot_required), and without EFI it
+// falls through to BOOT_BIOS, a real-mode jump to f000:fff0.
+var resetStub = [16]byte{
+	0xba, portResetReg & 0xff, portResetReg >> 8, // mov dx, portResetReg
+	0xb0, resetValue, // mov al, resetValue
+	0xee,       // out dx, al
+	0xf4,       // hlt
+	0xeb, 0xfd, // jmp to the hlt
+}
+
 // gdtEntry encodes an x86 segment descriptor.
 func gdtEntry(flags uint16, base, limit uint32) uint64 {
 	return uint64(base&0xff000000)<<32 |
