@@ -138,3 +138,20 @@ func (m *Memory) TakeDirty() []uint64 {
 	}
 	return out
 }
+
+// Resident returns how many bytes of guest RAM are backed by host memory
+// (pages the guest or the VMM has touched), from mincore(2).
+func (m *Memory) Resident() (uint64, error) {
+	if m.mapping == nil {
+		return 0, errors.New("guest memory: closed")
+	}
+	vec := make([]byte, (len(m.mapping)+pageSize-1)/pageSize)
+	if err := mincore(m.mapping, vec); err != nil {
+		return 0, fmt.Errorf("guest memory: mincore: %w", err)
+	}
+	var n uint64
+	for _, v := range vec {
+		n += uint64(v & 1)
+	}
+	return n * pageSize, nil
+}

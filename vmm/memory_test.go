@@ -61,3 +61,28 @@ func TestMemoryAboveHole(t *testing.T) {
 		t.Fatal("a range crossing into the hole was accepted")
 	}
 }
+
+func TestMemoryResident(t *testing.T) {
+	m, err := NewMemory(MinMemory)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	before, err := m.Resident()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for gpa := uint64(0); gpa < 64*pageSize; gpa += pageSize {
+		if err := m.WriteAt([]byte{1}, gpa); err != nil {
+			t.Fatal(err)
+		}
+	}
+	after, err := m.Resident()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Huge pages may back more than was touched; never less.
+	if after-before < 64*pageSize {
+		t.Fatalf("resident grew by %d bytes after touching 64 pages", after-before)
+	}
+}

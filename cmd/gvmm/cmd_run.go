@@ -4,7 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/gvmm/gvmm/kvm"
@@ -31,6 +34,7 @@ func runCmd(ctx context.Context, e *env, args []string) error {
 	cpus := fs.Int("cpus", 1, "number of vCPUs")
 	onReboot := fs.String("on-reboot", "exit", "what a guest reboot does: `exit` (status 0) or restart")
 	kvmPath := fs.String("kvm", "/dev/kvm", "KVM device `path`")
+	stats := fs.Bool("stats", false, "print gvmm's run time and memory use (peak RSS, guest RAM touched, overhead) on stderr at exit")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
@@ -71,7 +75,11 @@ func runCmd(ctx context.Context, e *env, args []string) error {
 		if err != nil {
 			return explainNewError(err)
 		}
+		start := time.Now()
 		reason, err := runMachine(ctx, m, con)
+		if *stats {
+			printStats(e.stderr, m, time.Since(start))
+		}
 		m.Close()
 		if err != nil {
 			return err
@@ -231,4 +239,40 @@ func (c *console) attach(ctx context.Context, feed func([]byte) int, quit func()
 			}
 		}
 	}()
+}
+
+// printStats prints one line of figures for benchmarks: gvmm's own memory
+// overhead is its peak RSS less the guest RAM that was touched.
+func printStats(w io.Writer, m *vmm.Machine, ran time.Duration) {
+	guest, err := m.Memory().Resident()
+	if err != nil {
+		fmt.Fprintf(w, "gvmm: stats: %v\n", err)
+		return
+	}
+	peak, err := peakRSS()
+	if err != nil {
+		fmt.Fprintf(w, "gvmm: stats: %v\n", err)
+		return
+	}
+	over := int64(peak) - int64(guest)
+	fmt.Fprintf(w, "gvmm: stats: run_ms=%d peak_rss_kib=%d guest_touched_kib=%d overhead_kib=%d\n",
+		ran.Milliseconds(), peak>>10, guest>>10, over>>10)
+}
+
+// peakRSS reads VmHWM, the process's peak resident set, from /proc.
+func peakRSS() (uint64, error) {
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return 0, fmt.Errorf("read peak RSS: %w", err)
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(line); len(f) >= 2 && f[0] == "VmHWM:" {
+			kib, err := strconv.ParseUint(f[1], 10, 64)
+			if err != nil {
+				return 0, fmt.Errorf("parse VmHWM %q: %w", line, err)
+			}
+			return kib << 10, nil
+		}
+	}
+	return 0, errors.New("read peak RSS: no VmHWM in /proc/self/status")
 }
