@@ -43,9 +43,26 @@ func (f *fileDesc) ioctl(op string, req uintptr, arg uintptr) (int, error) {
 	if err != nil {
 		return -1, err
 	}
-	r, _, errno := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), req, arg)
+	r, errno := retryIoctl(req, func() (uintptr, unix.Errno) {
+		r, _, e := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), req, arg)
+		return r, e
+	})
 	if errno != 0 {
 		return -1, &Error{Op: op, Err: errno}
 	}
 	return int(r), nil
+}
+
+// retryIoctl makes an ioctl again when a signal interrupted it before it
+// took effect (EINTR), which the Go runtime's preemption signal (SIGURG)
+// makes routine: KVM_CREATE_VM and memory-slot changes can sleep long
+// enough to see one. KVM_RUN is the exception: its EINTR is how a vCPU is
+// kicked, and goes back to the caller.
+func retryIoctl(req uintptr, call func() (uintptr, unix.Errno)) (uintptr, unix.Errno) {
+	for {
+		r, errno := call()
+		if errno != unix.EINTR || req == _KVM_RUN {
+			return r, errno
+		}
+	}
 }

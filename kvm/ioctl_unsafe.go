@@ -16,7 +16,10 @@ func ioctlPtr[T any](f *fileDesc, op string, req uintptr, p *T) (int, error) {
 	if err != nil {
 		return -1, err
 	}
-	r, _, errno := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), req, uintptr(unsafe.Pointer(p)))
+	r, errno := retryIoctl(req, func() (uintptr, unix.Errno) {
+		r, _, e := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), req, uintptr(unsafe.Pointer(p)))
+		return r, e
+	})
 	if errno != 0 {
 		return -1, &Error{Op: op, Err: errno}
 	}
@@ -34,7 +37,10 @@ func ioctlBuf(f *fileDesc, op string, req uintptr, buf []byte) (int, error) {
 	if err != nil {
 		return -1, err
 	}
-	r, _, errno := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), req, uintptr(unsafe.Pointer(&buf[0])))
+	r, errno := retryIoctl(req, func() (uintptr, unix.Errno) {
+		r, _, e := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), req, uintptr(unsafe.Pointer(&buf[0])))
+		return r, e
+	})
 	if errno != 0 {
 		return -1, &Error{Op: op, Err: errno}
 	}
