@@ -25,11 +25,11 @@ func attestCmd(ctx context.Context, e *env, args []string) error {
 	}
 	nonce, err := hex.DecodeString(*nonceHex)
 	if err != nil || len(nonce) != 32 || *migID == "" {
-		return &exitError{code: 2, msg: "need --nonce (64 hex digits) and --migration-id"}
+		return usageError("need --nonce (64 hex digits) and --migration-id")
 	}
 	eph, err := hex.DecodeString(*ephHex)
 	if err != nil {
-		return &exitError{code: 2, msg: "--ephemeral-pub: " + err.Error()}
+		return usageError("--ephemeral-pub: %v", err)
 	}
 	in, err := lf.inputs()
 	if err != nil {
@@ -73,7 +73,7 @@ func verifyCmd(ctx context.Context, e *env, args []string) error {
 	}
 	nonce, err := hex.DecodeString(*nonceHex)
 	if err != nil || len(nonce) != 32 || *migID == "" || *evPath == "" || *polPath == "" || *hostPath == "" {
-		return &exitError{code: 2, msg: "need --evidence, --policy, --host, --nonce (64 hex digits) and --migration-id"}
+		return usageError("need --evidence, --policy, --host, --nonce (64 hex digits) and --migration-id")
 	}
 	f, err := os.Open(*evPath)
 	if err != nil {

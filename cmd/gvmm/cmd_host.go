@@ -30,7 +30,7 @@ func hostCmd(ctx context.Context, e *env, args []string) error {
 	case "info":
 		return hostInfo(ctx, e, args[1:])
 	}
-	return &exitError{code: 2, msg: fmt.Sprintf("unknown host subcommand %q (want init or info)", args[0])}
+	return usageError("unknown host subcommand %q (want init or info)", args[0])
 }
 
 // launchFlags are the inputs of measured launch, shared by host init and
@@ -70,7 +70,7 @@ func (l *launchFlags) inputs() (tpm.LaunchInputs, error) {
 func openTPM(ctx context.Context, e *env, uri string) (*tpm.TPM, error) {
 	cfg, err := tpm.ParseURI(uri)
 	if err != nil {
-		return nil, &exitError{code: 2, msg: err.Error()}
+		return nil, usageError("%v", err)
 	}
 	// tpm.Open logs the INSECURE warning for the fixed-seed simulator.
 	return tpm.Open(ctx, cfg, e.log)

@@ -39,14 +39,14 @@ func runCmd(ctx context.Context, e *env, args []string) error {
 		return err
 	}
 	if *kernel == "" {
-		return &exitError{code: 2, msg: "missing --kernel PATH (see gvmm run --help)"}
+		return usageError("missing --kernel PATH (see gvmm run --help)")
 	}
 	mem, err := vmm.ParseSize(*memory)
 	if err != nil {
-		return &exitError{code: 2, msg: "--memory: " + err.Error()}
+		return usageError("--memory: %v", err)
 	}
 	if *onReboot != "exit" && *onReboot != "restart" {
-		return &exitError{code: 2, msg: fmt.Sprintf("--on-reboot: %q is neither exit nor restart", *onReboot)}
+		return usageError("--on-reboot: %q is neither exit nor restart", *onReboot)
 	}
 	cfg := vmm.Config{
 		KernelPath:  *kernel,
@@ -59,7 +59,7 @@ func runCmd(ctx context.Context, e *env, args []string) error {
 		Log:         e.log,
 	}
 	if err := cfg.Validate(); err != nil {
-		return &exitError{code: 2, msg: err.Error()}
+		return usageError("%v", err)
 	}
 
 	con, err := newConsole(e.stdin)

@@ -153,10 +153,10 @@ func parseFlags(fs *flag.FlagSet, args []string) error {
 			fs.Usage()
 			return err
 		}
-		return &exitError{code: 2, msg: err.Error()}
+		return usageError("%v", err)
 	}
 	if fs.NArg() > 0 {
-		return &exitError{code: 2, msg: fmt.Sprintf("unexpected argument %q", fs.Arg(0))}
+		return usageError("unexpected argument %q", fs.Arg(0))
 	}
 	return nil
 }
