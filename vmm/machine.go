@@ -89,6 +89,9 @@ type Machine struct {
 	// Written once under endOnce, read after ended is closed.
 	endReason ExitReason
 	endErr    error
+	// stuck is set when a vCPU thread did not stop: Close then leaves
+	// the vCPUs, VM and memory alone.
+	stuck bool
 }
 
 // Validate checks a Config's values that need no files and no KVM.
@@ -409,14 +412,34 @@ loop:
 		v.kick()
 	}
 	m.log.Debug("waiting for vCPU threads to stop")
-	wg.Wait()
+	stopped := make(chan struct{})
+	go func() {
+		wg.Wait()
+		close(stopped)
+	}()
+	select {
+	case <-stopped:
+	case <-time.After(vcpuStopTimeout):
+		// A vCPU that ignores its kick is stuck inside KVM. Its
+		// kvm_run mapping must stay mapped, so the machine is not
+		// closed; the caller should exit the process.
+		m.stuck = true
+		m.serial.Flush()
+		return m.endReason, fmt.Errorf("a vCPU did not stop within %v of being kicked (stuck in KVM_RUN)", vcpuStopTimeout)
+	}
 	m.serial.Flush()
 	return m.endReason, m.endErr
 }
 
+// vcpuStopTimeout bounds how long Run waits for kicked vCPUs.
+const vcpuStopTimeout = 10 * time.Second
+
 // Close releases the vCPUs, the VM, guest memory and /dev/kvm. It must not
 // be called while Run is running.
 func (m *Machine) Close() error {
+	if m.stuck {
+		return errors.New("machine not released: a vCPU thread is still inside KVM_RUN")
+	}
 	var errs []error
 	for _, v := range m.vcpus {
 		errs = append(errs, v.cpu.Close())
