@@ -225,12 +225,14 @@ func buildGuest(ctx context.Context, g goTool, d debPackages, applets []string, 
 
 // l1Plan says what L1's /init does; it becomes /gvmm/plan.sh.
 type l1Plan struct {
-	mode        string        // "test", "demo" or "shell"
+	mode        string        // "test", "demo", "bench" or "shell"
 	tests       []testPkg     // test mode: packages with a binary
 	testTimeout time.Duration // test mode: -test.timeout of each binary
 	testRun     string        // test mode: -test.run of each binary, if set
-	benchRuns   int           // bench mode: how many times to run gvmm_demo
 	demoArgs    []string      // demo mode: the gvmm command line
+	benchArgs   []string      // bench mode: the bootbench command line
+	bootbench   string        // bench mode: host path of bootbench, put at l1BootBench
+	qemu        *qemuPayload  // bench mode: QEMU to compare with; nil: none
 	heartbeat   int           // seconds between heartbeats; 0: none
 }
 
@@ -248,17 +250,22 @@ func (pl l1Plan) script() string {
 	fmt.Fprintf(&b, "GVMM_MODULES=%s\n", shQuote(strings.Join(mods, " ")))
 	fmt.Fprintf(&b, "GVMM_TEST_TIMEOUT=%s\n", shQuote(pl.testTimeout.String()))
 	fmt.Fprintf(&b, "GVMM_TEST_RUN=%s\n", shQuote(pl.testRun))
-	fmt.Fprintf(&b, "GVMM_BENCH_RUNS=%d\n", pl.benchRuns)
 	fmt.Fprintf(&b, "GVMM_HEARTBEAT=%d\n", pl.heartbeat)
-	q := []string{"return", "1"} // no demo in this plan
-	if len(pl.demoArgs) > 0 {
-		q = q[:0]
-		for _, a := range pl.demoArgs {
-			q = append(q, shQuote(a))
-		}
-	}
-	fmt.Fprintf(&b, "gvmm_demo() {\n\t%s\n}\n", strings.Join(q, " "))
+	fmt.Fprintf(&b, "gvmm_demo() {\n\t%s\n}\n", shCommand(pl.demoArgs))
+	fmt.Fprintf(&b, "gvmm_bench() {\n\t%s\n}\n", shCommand(pl.benchArgs))
 	return b.String()
+}
+
+// shCommand quotes args as one shell command; none gives "return 1".
+func shCommand(args []string) string {
+	if len(args) == 0 {
+		return "return 1"
+	}
+	q := make([]string, len(args))
+	for i, a := range args {
+		q[i] = shQuote(a)
+	}
+	return strings.Join(q, " ")
 }
 
 // testsList is /gvmm/tests.list: one "name package" line per binary.
@@ -271,7 +278,7 @@ func (pl l1Plan) testsList() string {
 }
 
 // buildL1 writes L1's initramfs: busybox, l1init.sh as /init, the modules,
-// gvmm (if built), the guest image, the test binaries with their testdata,
+// gvmm (if built), bootbench and QEMU (bench mode), the guest image, the test binaries with their testdata,
 // and the plan. It is left uncompressed unless compress is set: under TCG
 // the kernel would spend seconds inflating it, more than QEMU spends
 // reading the larger file.
@@ -294,6 +301,12 @@ func buildL1(d debPackages, applets []string, gvmmBin string, guest guestImage, 
 	}
 	if err == nil && gvmmBin != "" {
 		err = im.hostFile(l1GvmmBin, gvmmBin, 0o755)
+	}
+	if err == nil && pl.bootbench != "" {
+		err = im.hostFile(l1BootBench, pl.bootbench, 0o755)
+	}
+	if err == nil && pl.qemu != nil {
+		err = pl.qemu.add(im)
 	}
 	if err == nil {
 		err = im.hostFile(l1GuestKernel, guest.kernel, 0o644)

@@ -126,4 +126,13 @@ func TestPlanScript(t *testing.T) {
 		t.Fatalf("arguments after the shell: %q, want %q", got, args)
 	}
 	checkShell(t, l1Plan{mode: "test"}.script()) // an empty gvmm_demo body is a syntax error
+
+	pl = l1Plan{mode: "bench", benchArgs: append([]string{"printf", "%s\n"}, args...)}
+	out, err = exec.Command("sh", "-c", pl.script()+"\ngvmm_bench\n").Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := strings.Split(strings.TrimSuffix(string(out), "\n"), "\n"); !slices.Equal(got, args) {
+		t.Fatalf("bench arguments after the shell: %q, want %q", got, args)
+	}
 }

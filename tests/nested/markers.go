@@ -4,7 +4,8 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
-	"time"
+
+	"github.com/gvmm/gvmm/tests/nested/internal/benchfmt"
 )
 
 // Marker lines that L1's /init (l1init.sh) prints on the serial console.
@@ -18,22 +19,12 @@ const (
 	markerDemo   = markerPrefix + "DEMO rc="  // + gvmm run's exit status
 	markerDone   = markerPrefix + "DONE"      // L1 is about to power off
 
-	markerBenchStart = markerPrefix + "BENCH START " // + run number; gvmm starts now
-	markerBenchEnd   = markerPrefix + "BENCH END "   // + run number + " rc=N"
+	markerBenchResult = benchfmt.Prefix                 // + one boot's figures (bootbench)
+	markerBenchDone   = markerPrefix + "BENCH DONE rc=" // + bootbench's exit status
 )
 
 // guestUp is the first line the guest's /init prints (tests/guest/init).
-const guestUp = "gvmm-guest: userspace up"
-
-// benchRun is one guest boot of the bench mode, timed by when its lines
-// reached the parser.
-type benchRun struct {
-	n          int
-	start, up  time.Time // BENCH START, first guestUp line after it
-	end        time.Time // BENCH END; rc is valid only if set
-	rc         int
-	unreadable bool // BENCH END without a readable rc
-}
+const guestUp = benchfmt.GuestUp
 
 // pkgResult is what the console said about one test package.
 type pkgResult struct {
@@ -76,23 +67,14 @@ type consoleParser struct {
 	demoRan bool       // DEMO rc= seen
 	panic   string     // first "Kernel panic" line
 	lines   map[string]bool
-	bench   []*benchRun      // in order of BENCH START
-	now     func() time.Time // the clock that times bench runs
+	bench   []benchfmt.Result // BENCH RESULT lines, in order
+	benchRC int               // valid when benchRan
+	// benchRan is set by BENCH DONE: bootbench ended with status benchRC.
+	benchRan bool
 }
 
 func newConsoleParser() *consoleParser {
-	return &consoleParser{results: map[string]*pkgResult{}, lines: map[string]bool{}, now: time.Now}
-}
-
-// curBench is the bench run between its START and END, or nil.
-func (p *consoleParser) curBench() *benchRun {
-	if len(p.bench) == 0 {
-		return nil
-	}
-	if b := p.bench[len(p.bench)-1]; b.end.IsZero() {
-		return b
-	}
-	return nil
+	return &consoleParser{results: map[string]*pkgResult{}, lines: map[string]bool{}}
 }
 
 // watchFor makes sawLine report whether a line equal to s (after trimming
@@ -117,9 +99,6 @@ func (p *consoleParser) Line(line string) {
 	}
 	if p.panic == "" && strings.Contains(t, "Kernel panic") {
 		p.panic = t
-	}
-	if b := p.curBench(); b != nil && b.up.IsZero() && strings.Contains(t, guestUp) {
-		b.up = p.now()
 	}
 	if p.cur == nil {
 		return
@@ -153,25 +132,20 @@ func (p *consoleParser) marker(m string) {
 			return
 		}
 		p.demoRC, p.demoRan = rc, true
-	case strings.HasPrefix(m, markerBenchStart):
-		n, err := strconv.Atoi(strings.TrimPrefix(m, markerBenchStart))
+	case strings.HasPrefix(m, markerBenchResult):
+		r, err := benchfmt.Parse(m)
 		if err != nil {
 			p.errors = append(p.errors, "unreadable marker: "+m)
 			return
 		}
-		p.bench = append(p.bench, &benchRun{n: n, start: p.now()})
-	case strings.HasPrefix(m, markerBenchEnd):
-		b := p.curBench()
-		if b == nil {
-			p.errors = append(p.errors, "BENCH END without its START")
+		p.bench = append(p.bench, r)
+	case strings.HasPrefix(m, markerBenchDone):
+		rc, err := strconv.Atoi(strings.TrimPrefix(m, markerBenchDone))
+		if err != nil {
+			p.errors = append(p.errors, "unreadable marker: "+m)
 			return
 		}
-		b.end = p.now()
-		_, rc, ok := strings.Cut(strings.TrimPrefix(m, markerBenchEnd), " rc=")
-		var err error
-		if b.rc, err = strconv.Atoi(rc); !ok || err != nil {
-			b.unreadable = true
-		}
+		p.benchRC, p.benchRan = rc, true
 	case strings.HasPrefix(m, markerBegin):
 		pkg := strings.TrimPrefix(m, markerBegin)
 		if p.cur != nil {

@@ -5,7 +5,6 @@ import (
 	"slices"
 	"strings"
 	"testing"
-	"time"
 )
 
 func TestConsoleParser(t *testing.T) {
@@ -125,37 +124,63 @@ func TestConsoleParserDemo(t *testing.T) {
 }
 
 func TestConsoleParserBench(t *testing.T) {
+	lines := []string{
+		"bootbench: 2 rounds of gvmm, qemu-microvm; guest 256M",
+		"=== GVMM-NESTED BENCH RESULT vmm=gvmm run=1 ok=1 rc=0 up_ms=900 exit_ms=1200 maxrss_kib=300000 overhead_kib=10240 guest_kib=289760\r",
+		"[   12.3] kvm: spurious message === GVMM-NESTED BENCH RESULT vmm=qemu-microvm run=1 ok=1 rc=0 up_ms=1000 exit_ms=1400 maxrss_kib=320000 overhead_kib=-1 guest_kib=-1",
+		"=== GVMM-NESTED BENCH RESULT vmm=gvmm run=2 ok=1 rc=0 up_ms=1100 exit_ms=1300 maxrss_kib=300000 overhead_kib=12288 guest_kib=289760",
+		"=== GVMM-NESTED BENCH RESULT vmm=qemu-microvm run=2 ok=0 rc=-1 up_ms=-1 exit_ms=300000 maxrss_kib=-1 overhead_kib=-1 guest_kib=-1 why=killed after the 5m0s timeout",
+		"=== GVMM-NESTED BENCH RESULT vmm=gvmm run=x",
+		"=== GVMM-NESTED BENCH DONE rc=1",
+	}
 	p := newConsoleParser()
-	clock := time.Unix(1000, 0)
-	p.now = func() time.Time { return clock }
-	step := func(d time.Duration, line string) {
-		clock = clock.Add(d)
-		p.Line(line)
+	for _, l := range lines {
+		p.Line(l)
 	}
-	step(0, "=== GVMM-NESTED BENCH START 1")
-	step(2*time.Second, "[    0.5] Linux version")
-	step(20*time.Second, "gvmm-guest: userspace up\r")
-	step(time.Second, "gvmm-guest: userspace up") // only the first counts
-	step(5*time.Second, "=== GVMM-NESTED BENCH END 1 rc=0")
-	step(0, "gvmm-guest: userspace up") // outside a run: ignored
-	step(time.Second, "=== GVMM-NESTED BENCH START 2")
-	step(3*time.Second, "=== GVMM-NESTED BENCH END 2 rc=1")
-	step(0, "=== GVMM-NESTED BENCH START 3")
+	if len(p.bench) != 4 || !p.benchRan || p.benchRC != 1 {
+		t.Fatalf("bench %d results, ran %v rc %d", len(p.bench), p.benchRan, p.benchRC)
+	}
+	if len(p.errors) != 1 || !strings.HasPrefix(p.errors[0], "unreadable marker: ") {
+		t.Errorf("errors %q, want one unreadable marker", p.errors)
+	}
+	if r := p.bench[3]; r.OK || r.Why != "killed after the 5m0s timeout" || r.VMM != "qemu-microvm" {
+		t.Errorf("failed run: %+v", r)
+	}
+	for _, tc := range []struct {
+		n    int
+		vmms []string
+		want string // "" for no error
+	}{
+		{2, []string{"gvmm", "qemu-microvm"}, "1 of 4 boots failed or went missing"},
+		{3, []string{"gvmm", "qemu-microvm"}, "3 of 6 boots failed or went missing"},
+		{2, []string{"gvmm", "qemu-microvm", "qemu-pc"}, "3 of 6 boots failed or went missing"},
+	} {
+		var buf strings.Builder
+		err := benchReport(newProgress(&buf), p, tc.vmms, tc.n, "256M", 1, true)
+		if err == nil || err.Error() != tc.want {
+			t.Errorf("benchReport(n=%d, %q): %v, want %s", tc.n, tc.vmms, err, tc.want)
+		}
+		for _, want := range []string{"median 11.0 MiB", "FAILED: qemu-microvm boot 2", "gvmm / qemu-microvm, median to userspace: 1.00x"} {
+			if !strings.Contains(buf.String(), want) {
+				t.Errorf("report lacks %q:\n%s", want, buf.String())
+			}
+		}
+	}
 
-	if len(p.bench) != 3 || len(p.errors) != 0 {
-		t.Fatalf("bench %d runs, errors %q", len(p.bench), p.errors)
+	ok := newConsoleParser()
+	ok.Line(lines[1])
+	ok.Line("=== GVMM-NESTED BENCH DONE rc=0")
+	if err := benchReport(newProgress(io.Discard), ok, []string{"gvmm"}, 1, "256M", 1, false); err != nil {
+		t.Errorf("benchReport of one good boot: %v", err)
 	}
-	b := p.bench[0]
-	if up, end := b.up.Sub(b.start), b.end.Sub(b.start); up != 22*time.Second || end != 28*time.Second || b.rc != 0 {
-		t.Errorf("run 1: up %v end %v rc %d", up, end, b.rc)
+	ok.benchRan = false
+	if err := benchReport(newProgress(io.Discard), ok, []string{"gvmm"}, 1, "256M", 1, false); err == nil {
+		t.Error("benchReport without BENCH DONE: no error")
 	}
-	if b := p.bench[1]; !b.up.IsZero() || b.rc != 1 || b.end.IsZero() {
-		t.Errorf("run 2: %+v", b)
-	}
-	if b := p.bench[2]; !b.end.IsZero() {
-		t.Errorf("run 3 ended: %+v", b)
-	}
-	if err := benchReport(newProgress(io.Discard), p, 4); err == nil || err.Error() != "3 of 4 boots failed" {
-		t.Errorf("benchReport: %v", err)
+}
+
+func TestBenchMarkerPrefix(t *testing.T) {
+	if !strings.HasPrefix(markerBenchResult, markerPrefix) {
+		t.Fatalf("bootbench's result prefix %q does not start with %q", markerBenchResult, markerPrefix)
 	}
 }
