@@ -20,6 +20,26 @@
 //   - Host identity and enrollment (identity.go, enroll.go): an endorsement
 //     key, a restricted attestation key, credential activation, and the
 //     verifier's record of the enrolled AK and the trust level it computed.
+//
+// Trust levels are computed by the verifier from what it checked:
+//
+//   - software-tpm: the AK lives in the same TPM as the EK (credential
+//     activation). Also the level of a TPM whose EK certificate chains to a
+//     root in VerifierConfig.SoftwareEKRoots (swtpm's local CA, a vTPM CA):
+//     the certificate is checked, and the host is still a software TPM.
+//   - hardware-tpm-ek-cert: the EK certificate (ECC P-256 EK, NV index
+//     0x01c0000a) chains to a root in VerifierConfig.EKRoots and certifies
+//     the enrolled EK. "Hardware" is the operator's assertion about those
+//     roots; the verifier cannot tell a manufacturer's CA from any other.
+//     A presented certificate that does not verify refuses enrollment.
+//   - hardware-tpm-boot-log: defined but never computed, so unreachable:
+//     gvmm does not parse TCG firmware boot logs or quote PCRs 0-7 yet. No
+//     code path sets it, and a policy that requires it rejects every host.
+//
+// swtpm 0.7.1's swtpm_setup certifies an RSA-2048 EK (0x01c00002) and an
+// ECC P-384 EK (0x01c00016), not the P-256 EK gvmm uses: such a swtpm has
+// no gvmm-usable EK certificate unless one is provisioned at 0x01c0000a
+// (the tests do that with swtpm_localca).
 //   - Remote attestation (attest.go, verify.go): single-use expiring nonces,
 //     quotes whose extra data binds nonce, migration id, host id and the
 //     ephemeral key that will receive secrets, and a verifier that checks all

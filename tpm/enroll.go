@@ -2,6 +2,7 @@ package tpm
 
 import (
 	"context"
+	"crypto"
 	"crypto/ecdsa"
 	"crypto/rand"
 	"crypto/subtle"
@@ -27,7 +28,11 @@ const (
 	// certificate).
 	TrustSoftware
 	// TrustHardwareEKCert: as TrustSoftware, and the EK's certificate chains
-	// to a manufacturer root the verifier was configured with.
+	// to a root in VerifierConfig.EKRoots and certifies the enrolled EK.
+	// "Hardware" is the operator's assertion about those roots, not
+	// something the verifier can check: a software TPM whose CA is
+	// (wrongly) configured there reaches this level too. A chain to
+	// VerifierConfig.SoftwareEKRoots stays at TrustSoftware.
 	TrustHardwareEKCert
 	// TrustHardwareBootLog: as TrustHardwareEKCert, and the host's firmware
 	// boot log replayed against quoted PCRs 0-7. Not computed yet: gvmm does
@@ -69,6 +74,9 @@ type EnrolledHost struct {
 	AKPublic []byte
 	ak       *ecdsa.PublicKey
 	Trust    TrustLevel
+	// EKCertVerified is set when the host's EK certificate chained to a
+	// configured root (either pool) and certified its EK.
+	EKCertVerified bool
 }
 
 // maxPublic bounds a marshaled TPMT_PUBLIC from outside.
@@ -168,16 +176,9 @@ func (v *Verifier) BeginEnroll(req EnrollRequest) (*EnrollChallenge, error) {
 	if err != nil {
 		return nil, fmt.Errorf("begin enroll: %w: %w", ErrEnroll, err)
 	}
-	trust := TrustSoftware
-	if len(req.EKCert) > 0 {
-		if v.cfg.EKRoots == nil {
-			v.log.Warn("EK certificate presented but no manufacturer roots configured; treating as software TPM")
-		} else {
-			if err := verifyEKCert(req.EKCert, v.cfg.EKRoots, v.cfg.EKIntermediates, ekPub, v.now()); err != nil {
-				return nil, fmt.Errorf("begin enroll: %w: %w", ErrEnroll, err)
-			}
-			trust = TrustHardwareEKCert
-		}
+	trust, certOK, err := v.ekCertTrust(req.EKCert, ekPub)
+	if err != nil {
+		return nil, fmt.Errorf("begin enroll: %w: %w", ErrEnroll, err)
 	}
 	akName, err := tpm2.ObjectName(akPub)
 	if err != nil {
@@ -203,11 +204,43 @@ func (v *Verifier) BeginEnroll(req EnrollRequest) (*EnrollChallenge, error) {
 		return nil, fmt.Errorf("begin enroll: too many outstanding enrollments")
 	}
 	v.pending[hostID] = &pendingEnroll{
-		host:    EnrolledHost{HostID: hostID, EKPublic: req.EKPublic, AKPublic: req.AKPublic, ak: akKey, Trust: trust},
+		host:    EnrolledHost{HostID: hostID, EKPublic: req.EKPublic, AKPublic: req.AKPublic, ak: akKey, Trust: trust, EKCertVerified: certOK},
 		secret:  secret,
 		expires: v.now().Add(v.cfg.NonceTTL),
 	}
 	return &EnrollChallenge{HostID: hostID, Credential: cred, Secret: encSecret}, nil
+}
+
+// ekCertTrust computes the trust level an EK certificate earns. No
+// certificate, or no roots configured: TrustSoftware. A certificate that
+// chains to SoftwareEKRoots: TrustSoftware, verified. One that chains to
+// EKRoots: TrustHardwareEKCert. A certificate that chains to no configured
+// root, or certifies another key, is an error: a host that presents a
+// certificate that does not hold is refused, not downgraded.
+func (v *Verifier) ekCertTrust(der []byte, ek *tpm2.TPMTPublic) (TrustLevel, bool, error) {
+	if len(der) == 0 {
+		return TrustSoftware, false, nil
+	}
+	if v.cfg.EKRoots == nil && v.cfg.SoftwareEKRoots == nil {
+		v.log.Warn("EK certificate presented but no EK roots configured; treating as software TPM")
+		return TrustSoftware, false, nil
+	}
+	var errs []error
+	if v.cfg.SoftwareEKRoots != nil {
+		err := verifyEKCert(der, v.cfg.SoftwareEKRoots, v.cfg.EKIntermediates, ek, v.now())
+		if err == nil {
+			return TrustSoftware, true, nil
+		}
+		errs = append(errs, fmt.Errorf("software EK roots: %w", err))
+	}
+	if v.cfg.EKRoots != nil {
+		err := verifyEKCert(der, v.cfg.EKRoots, v.cfg.EKIntermediates, ek, v.now())
+		if err == nil {
+			return TrustHardwareEKCert, true, nil
+		}
+		errs = append(errs, fmt.Errorf("hardware EK roots: %w", err))
+	}
+	return TrustNone, false, errors.Join(errs...)
 }
 
 // FinishEnroll completes enrollment if the host returned the challenge's
@@ -322,8 +355,10 @@ func verifyEKCert(der []byte, roots, inter *x509.CertPool, ek *tpm2.TPMTPublic, 
 	if err != nil {
 		return fmt.Errorf("EK public key: %w", err)
 	}
+	// crypto.PublicKey is a defined type, not an alias of any: an interface
+	// spelled Equal(any) matches no key type and refused every certificate.
 	type equaler interface {
-		Equal(crypto_PublicKey any) bool
+		Equal(crypto.PublicKey) bool
 	}
 	if e, ok := cert.PublicKey.(equaler); !ok || !e.Equal(want) {
 		return errors.New("EK certificate does not certify this EK")

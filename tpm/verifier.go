@@ -16,12 +16,24 @@ const maxOutstanding = 4096
 const DefaultNonceTTL = 30 * time.Second
 
 // VerifierConfig configures a Verifier. The zero value is usable: no
-// manufacturer roots (every host is at most TrustSoftware), DefaultNonceTTL,
+// EK roots (every host is at most TrustSoftware and EK certificates are
+// ignored), DefaultNonceTTL,
 // the wall clock, no logging.
 type VerifierConfig struct {
-	// EKRoots are the TPM manufacturer roots an EK certificate must chain
-	// to for TrustHardwareEKCert; EKIntermediates optional intermediates.
-	EKRoots         *x509.CertPool
+	// EKRoots are hardware TPM manufacturers' roots. An EK certificate that
+	// chains to one of them gives TrustHardwareEKCert. The verifier cannot
+	// tell a hardware manufacturer's CA from any other CA: putting a root
+	// here is the operator's assertion that everything it certifies is a
+	// hardware TPM. Never put a software TPM's CA here (swtpm's local CA,
+	// a cloud's vTPM CA): use SoftwareEKRoots.
+	EKRoots *x509.CertPool
+	// SoftwareEKRoots are CAs known to certify software TPMs (swtpm_localca,
+	// a vTPM manufacturer). An EK certificate that chains to one is verified
+	// (and must certify the EK) but the host stays at TrustSoftware, with
+	// EnrolledHost.EKCertVerified set. A root in both pools counts as
+	// software: the lower level wins.
+	SoftwareEKRoots *x509.CertPool
+	// EKIntermediates are optional intermediates for either pool.
 	EKIntermediates *x509.CertPool
 	// NonceTTL is the lifetime of challenges.
 	NonceTTL time.Duration
