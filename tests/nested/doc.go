@@ -6,7 +6,7 @@
 //	go run ./tests/nested test [flags] PKG...   run PKG's tests under KVM
 //	go run ./tests/nested demo [flags]          boot a Linux guest with gvmm
 //	go run ./tests/nested shell [flags]         a shell in L1, for debugging
-//	go run ./tests/nested bench [flags]         time guest boots with gvmm
+//	go run ./tests/nested bench [flags]         time guest boots: gvmm vs QEMU
 //
 // When the host has a usable /dev/kvm (one backed by kvm_intel or kvm_amd;
 // not kvm_pvm, which some sandboxes offer and which runs only PVM guest
@@ -49,6 +49,23 @@
 // testdata/selftest checks the harness itself without gvmm:
 //
 //	GVMM_NESTED=force go run ./tests/nested test -no-gvmm ./tests/nested/testdata/selftest
+//
+// The bench mode (make bench) builds tests/nested/bootbench and runs it
+// where /dev/kvm is: in L1 it finds a copy of the host's
+// qemu-system-x86_64 with every shared library ldd names (under
+// /gvmm/qemu/lib, the loader at its own path) and the firmware it boots
+// Linux with (/gvmm/qemu/share: qboot for microvm, SeaBIOS, linuxboot_dma
+// and kvmvapic for pc). For n rounds (-n, default 5) bootbench boots the
+// guest image once with each VMM in turn (-vmms), same memory and vCPUs,
+// "gvmm.demo=auto" on the command line so the guest powers off by itself,
+// and times with L1's monotonic clock the process start to the guest's
+// "gvmm-guest: userspace up" on the VMM's output, and to its exit. It
+// prints one "=== GVMM-NESTED BENCH RESULT" line per boot (format in
+// internal/benchfmt), with the peak RSS from wait4 and, for gvmm, the
+// overhead from gvmm run --stats. The harness prints the median, min and
+// max per VMM, every failed boot with its reason, gvmm's median memory
+// overhead, and whether the targets are met. A failed or missing
+// boot makes the mode fail; no figure is ever asserted by a test.
 //
 // Downloads (apt-get download, unpacked with dpkg -x) are cached under
 // $GVMM_CACHE (default <repo>/.cache/gvmm), one folder per package version.

@@ -23,7 +23,8 @@ modes:
                         a nested QEMU/TCG machine when the host has no /dev/kvm)
   demo [flags]          boot a Linux guest with gvmm and show its console
   shell [flags]         a shell in the nested machine (L1), for debugging
-  bench [flags]         time guest boots with gvmm (start to first userspace line)
+  bench [flags]         time guest boots (start to first userspace line) with gvmm,
+                        QEMU -M microvm and QEMU -M pc, and gvmm's memory overhead
 
 environment:
   GVMM_NESTED=force|off  always / never use the nested machine (default: only
