@@ -33,7 +33,7 @@ type command struct {
 func commands() []command {
 	return []command{
 		{"run", "boot a Linux guest (bzImage, initrd, command line) on KVM", runCmd},
-		{"host", "host trust base: init (keys, sealed store) or info (TPM, PCRs)", hostCmd},
+		{"host", "host trust base: init, info, approve (offline key), open (unseal the store)", hostCmd},
 		{"attest", "measure gvmm and produce TPM evidence for a verifier's nonce", attestCmd},
 		{"verify", "check TPM evidence against golden values and an enrolled host", verifyCmd},
 	}
