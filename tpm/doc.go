@@ -16,7 +16,11 @@
 //   - Sealed storage (seal.go, store.go): a 32-byte key-encryption key sealed
 //     to PCR values (PolicyPCR) or to an offline signing key's approval of
 //     PCR values (PolicyAuthorize), and AES-256-GCM blobs under it in the
-//     host state directory.
+//     host state directory. Approvals (ApproveLaunch, offline, no TPM) are
+//     public files in its approvals/ folder; OpenHostStoreApproved uses the
+//     one matching the current PCR values and the TPM checks its signature.
+//     Approvals cannot be revoked: an old one opens the store for the old
+//     measurements for as long as the sealed KEK exists (re-seal to revoke).
 //   - Host identity and enrollment (identity.go, enroll.go): an endorsement
 //     key, a restricted attestation key, credential activation, and the
 //     verifier's record of the enrolled AK and the trust level it computed.
