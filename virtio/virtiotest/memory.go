@@ -19,6 +19,11 @@ var ErrOutOfRange = errors.New("virtiotest: range outside guest RAM")
 // everything, let the device run, stop it, then inspect).
 type Memory struct {
 	Base uint64
+	// SnapshotReads makes Slice return a copy taken under the lock, so a
+	// test can write rings as the guest while a device worker reads them
+	// without a data race. Devices must then write only with WriteAt
+	// (virtio-blk, which preads into views, must not run in this mode).
+	SnapshotReads bool
 
 	mu     sync.Mutex
 	buf    []byte
@@ -47,6 +52,11 @@ func (m *Memory) Slice(gpa, n uint64) ([]byte, error) {
 	o, err := m.off(gpa, n)
 	if err != nil {
 		return nil, err
+	}
+	if m.SnapshotReads {
+		m.mu.Lock()
+		defer m.mu.Unlock()
+		return append([]byte(nil), m.buf[o:o+n]...), nil
 	}
 	return m.buf[o : o+n : o+n], nil
 }
