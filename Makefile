@@ -6,7 +6,11 @@ export PATH := $(PATH):/usr/local/go/bin
 # Packages whose compiled test binaries also run under (nested) KVM.
 KVM_TEST_PKGS := ./kvm ./vmm ./tests/integration
 
-.PHONY: all build test test-unit test-kvm demo bench generate vet fmt-check clean
+.PHONY: all build test test-unit test-fuzz test-kvm demo bench generate vet fmt-check clean
+
+# Fuzz targets that CI runs for a bounded time each (package:target).
+FUZZ_TARGETS := ./migration/stream:FuzzDecode ./virtio:FuzzChain ./virtio:FuzzQueuePop
+FUZZ_TIME ?= 15s
 
 all: build
 
@@ -17,10 +21,19 @@ build:
 
 # Unit tests (race detector), then the KVM integration tests: directly when
 # the host has /dev/kvm, otherwise inside the nested QEMU/TCG machine.
-test: fmt-check vet test-unit test-kvm
+test: fmt-check vet test-unit test-fuzz test-kvm
 
 test-unit:
 	$(GO) test -race -count=1 ./...
+
+# Each fuzz target for FUZZ_TIME, on top of its committed corpus (which
+# test-unit already replays).
+test-fuzz:
+	@for t in $(FUZZ_TARGETS); do \
+		pkg=$${t%%:*}; fn=$${t##*:}; \
+		echo "fuzz $$pkg $$fn for $(FUZZ_TIME)"; \
+		$(GO) test -run '^$$' -fuzz "^$$fn\$$" -fuzztime $(FUZZ_TIME) $$pkg || exit 1; \
+	done
 
 test-kvm:
 	$(GO) run ./tests/nested test $(KVM_TEST_PKGS)
