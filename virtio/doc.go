@@ -28,6 +28,31 @@
 // GuestMemory.Slice followed by GuestMemory.MarkDirty, so the VMM-side dirty
 // bitmap that live migration ORs with KVM's dirty log sees it.
 //
+// # Wiring a device into the machine
+//
+// The VMM makes the device (blk.Open, rng.New) and wraps it with NewPCI,
+// giving guest memory (*vmm.Memory satisfies GuestMemory), an Interrupter
+// and PCIOptions.BARAddr, a BARSize-aligned address in the MMIO hole. Then:
+//
+//   - PCI configuration mechanism #1 (0xCF8/0xCFC): for the function's
+//     bus/device/function, forward each data-port access to
+//     PCI.ConfigRead/ConfigWrite with the register offset (address & 0xfc
+//     plus the port offset within 0xCFC..0xCFF).
+//   - MMIO exits in [BAR0, BAR0+BARSize): PCI.BARRead/BARWrite with the
+//     offset. BAR0 reports the current address; PCIOptions.OnBARMove says
+//     when the guest moves it (memory decoding: bit 1 of the command
+//     register, also from BAR0).
+//   - Notifications: bind an ioeventfd (KVM_IOEVENTFD, MMIO, no datamatch)
+//     at BAR0+NotifyOffset(q) for each queue q < NumQueues and call
+//     PCI.Notify(q) when it fires; without ioeventfds the BARWrite path
+//     does the same.
+//   - Interrupts: implement Interrupter. MSIX(vector, msg) is called only
+//     for an enabled, unmasked vector (the transport keeps the PBA); it can
+//     call KVM_SIGNAL_MSI with msg, or write an irqfd bound to a GSI whose
+//     MSI route it updates when msg changes. INTx(level) drives the
+//     function's INTA# line while MSI-X is off.
+//   - Shutdown: PCI.Close stops the workers; then blk's Device.Close.
+//
 // # Concurrency and memory ordering
 //
 // The guest runs concurrently on its vCPUs and may change rings while a
