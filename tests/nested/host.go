@@ -5,7 +5,8 @@ import (
 	"fmt"
 	"os"
 	"syscall"
-	"unsafe"
+
+	"golang.org/x/sys/unix"
 )
 
 // kvmAPIVersion is KVM_API_VERSION from linux/kvm.h; KVM_GET_API_VERSION
@@ -53,7 +54,6 @@ func kvmUsable() error {
 
 // isTerminal reports whether f is a terminal (TCGETS succeeds on it).
 func isTerminal(f *os.File) bool {
-	var t syscall.Termios
-	_, _, errno := syscall.Syscall(syscall.SYS_IOCTL, f.Fd(), syscall.TCGETS, uintptr(unsafe.Pointer(&t)))
-	return errno == 0
+	_, err := unix.IoctlGetTermios(int(f.Fd()), unix.TCGETS)
+	return err == nil
 }
