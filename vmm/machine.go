@@ -434,6 +434,19 @@ loop:
 // vcpuStopTimeout bounds how long Run waits for kicked vCPUs.
 const vcpuStopTimeout = 10 * time.Second
 
+// ExitCounts sums the exits every vCPU handled in user space. Call it only
+// after Run returned without a stuck vCPU.
+func (m *Machine) ExitCounts() ExitCounts {
+	var c ExitCounts
+	if m.stuck {
+		return c
+	}
+	for _, v := range m.vcpus {
+		c.add(&v.exits)
+	}
+	return c
+}
+
 // Close releases the vCPUs, the VM, guest memory and /dev/kvm. It must not
 // be called while Run is running.
 func (m *Machine) Close() error {

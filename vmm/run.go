@@ -20,6 +20,29 @@ type vcpu struct {
 	tid atomic.Int32
 	// stop asks the vCPU loop to return at its next exit.
 	stop atomic.Bool
+	// exits counts exits handled in user space; written only by the vCPU
+	// thread, read after it stopped.
+	exits ExitCounts
+}
+
+// ExitCounts counts the exits that reached gvmm: port I/O by port, MMIO,
+// and everything else. Under nested KVM each one is expensive, so these
+// say where boot time goes.
+type ExitCounts struct {
+	IO    map[uint16]uint64
+	MMIO  uint64
+	Other uint64
+}
+
+func (c *ExitCounts) add(o *ExitCounts) {
+	if c.IO == nil {
+		c.IO = make(map[uint16]uint64)
+	}
+	for p, n := range o.IO {
+		c.IO[p] += n
+	}
+	c.MMIO += o.MMIO
+	c.Other += o.Other
 }
 
 // kick asks the vCPU to leave KVM_RUN and return. Safe from any goroutine:
@@ -71,11 +94,16 @@ func (v *vcpu) run(started chan<- struct{}) error {
 func (v *vcpu) handleExit() error {
 	r := v.cpu.ExitReason()
 	if r != kvm.ExitIO && r != kvm.ExitMMIO {
+		v.exits.Other++
 		v.m.log.Debug("exit", "vcpu", v.id, "reason", r)
 	}
 	switch r {
 	case kvm.ExitIO:
 		io := v.cpu.IO()
+		if v.exits.IO == nil {
+			v.exits.IO = make(map[uint16]uint64)
+		}
+		v.exits.IO[io.Port]++
 		size := int(io.Size)
 		if size == 0 || len(io.Data) < size*int(io.Count) {
 			return v.guestError(fmt.Sprintf("malformed port I/O exit (port %#x size %d count %d)", io.Port, io.Size, io.Count))
@@ -91,6 +119,7 @@ func (v *vcpu) handleExit() error {
 			}
 		}
 	case kvm.ExitMMIO:
+		v.exits.MMIO++
 		mmio := v.cpu.MMIO()
 		if !mmio.IsWrite {
 			for i := range mmio.Data {

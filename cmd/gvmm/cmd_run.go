@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"sort"
 	"strconv"
 	"strings"
 	"time"
@@ -257,6 +258,22 @@ func printStats(w io.Writer, m *vmm.Machine, ran time.Duration) {
 	over := int64(peak) - int64(guest)
 	fmt.Fprintf(w, "gvmm: stats: run_ms=%d peak_rss_kib=%d guest_touched_kib=%d overhead_kib=%d\n",
 		ran.Milliseconds(), peak>>10, guest>>10, over>>10)
+	ex := m.ExitCounts()
+	var io uint64
+	ports := make([]uint16, 0, len(ex.IO))
+	for p, n := range ex.IO {
+		io += n
+		ports = append(ports, p)
+	}
+	sort.Slice(ports, func(i, j int) bool { return ex.IO[ports[i]] > ex.IO[ports[j]] })
+	var top strings.Builder
+	for i, p := range ports {
+		if i == 8 {
+			break
+		}
+		fmt.Fprintf(&top, " %#x=%d", p, ex.IO[p])
+	}
+	fmt.Fprintf(w, "gvmm: exits: io=%d mmio=%d other=%d; busiest ports:%s\n", io, ex.MMIO, ex.Other, top.String())
 }
 
 // peakRSS reads VmHWM, the process's peak resident set, from /proc.
