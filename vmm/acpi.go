@@ -39,12 +39,26 @@ const (
 //
 //	Name (_S5_, Package () { 5, 0, 0, 0 })  // SLP_TYP for power off
 //	Scope (\_SB) {
+//	    Device (PCI0) {                      // host bridge of bus 0
+//	        Name (_HID, EisaId ("PNP0A03"))
+//	        Name (_UID, 0)
+//	        Name (_SEG, 0)
+//	        Name (_BBN, 0)
+//	        Name (_CRS, ResourceTemplate () {
+//	            WordBusNumber (...0, 0...)       // bus 0 only
+//	            IO (Decode16, 0xcf8, 0xcf8, 1, 8)
+//	            DWordMemory (...0xc0000000 - 0xfbffffff...)  // where BARs go
+//	        })
+//	    }
 //	    Device (COM1) {                      // the 16550A on ttyS0
 //	        Name (_HID, EisaId ("PNP0501"))
 //	        Name (_UID, 1)
 //	        Name (_CRS, ResourceTemplate () { IO (Decode16, 0x3f8, 0x3f8, 1, 8) IRQNoFlags () {4} })
 //	    }
 //	}
+//
+// Linux scans PCI buses only under an ACPI PCI root (PNP0A03); the root's
+// memory window must hold the BARs gvmm assigns.
 //
 // In hardware-reduced mode Linux has no legacy PIC and sets up no ISA IRQ
 // mappings on its own: a device's interrupt reaches it only through the
@@ -53,6 +67,17 @@ func dsdtAML() []byte {
 	var b []byte
 	b = append(b, amlName("_S5_", amlPackage(amlInteger(sleepTypeS5), amlInteger(0), amlInteger(0), amlInteger(0)))...)
 	b = append(b, amlScopeRoot("_SB_",
+		amlDevice("PCI0",
+			amlName("_HID", amlEISAID("PNP0A03")),
+			amlName("_UID", amlInteger(0)),
+			amlName("_SEG", amlInteger(0)),
+			amlName("_BBN", amlInteger(0)),
+			amlName("_CRS", resTemplate(
+				resWordBusNumber(0, 0),
+				resIO(portPCIAddr, 8),
+				resDWordMemory(pciMMIOBase, pciMMIOEnd-1),
+			)),
+		),
 		amlDevice("COM1",
 			amlName("_HID", amlEISAID("PNP0501")),
 			amlName("_UID", amlInteger(1)),

@@ -152,3 +152,23 @@ func resTemplate(descs ...[]byte) []byte {
 	}
 	return amlBuffer(append(b, 0x79, 0x00))
 }
+
+// resWordBusNumber is WordBusNumber(ResourceProducer, MinFixed, MaxFixed,
+// PosDecode, 0, min, max, 0, max-min+1).
+func resWordBusNumber(min, max uint16) []byte {
+	b := []byte{0x88, 13, 0, 2, 0x0c, 0}
+	for _, v := range []uint16{0, min, max, 0, max - min + 1} {
+		b = binary.LittleEndian.AppendUint16(b, v)
+	}
+	return b
+}
+
+// resDWordMemory is DWordMemory(ResourceProducer, PosDecode, MinFixed,
+// MaxFixed, NonCacheable, ReadWrite, 0, min, max, 0, max-min+1).
+func resDWordMemory(min, max uint32) []byte {
+	b := []byte{0x87, 23, 0, 0, 0x0c, 0x01}
+	for _, v := range []uint32{0, min, max, 0, max - min + 1} {
+		b = binary.LittleEndian.AppendUint32(b, v)
+	}
+	return b
+}

@@ -140,44 +140,6 @@ func (p *powerPorts) PortWrite(off uint16, data []byte) {
 	}
 }
 
-// pciHost is PCI configuration mechanism #1 with an empty bus: the address
-// latch at 0xcf8 reads back what was written (which is how Linux detects
-// the mechanism), and every configuration read returns all ones (no device).
-// A byte write with bit 2 set to 0xcf9, inside its range, is the PCI reset
-// control register's "reset CPU" (a reboot method Linux falls back on).
-type pciHost struct {
-	mu    sync.Mutex
-	addr  uint32
-	reset func(powerEvent)
-}
-
-func (p *pciHost) PortRead(off uint16, data []byte) {
-	if off < 4 {
-		p.mu.Lock()
-		a := p.addr
-		p.mu.Unlock()
-		if off == 0 && len(data) == 4 {
-			putLE(data, a)
-			return
-		}
-	}
-	for i := range data {
-		data[i] = 0xff
-	}
-}
-
-func (p *pciHost) PortWrite(off uint16, data []byte) {
-	if off == portResetCF9-portPCIAddr && len(data) == 1 && data[0]&0x04 != 0 {
-		p.reset(powerReset)
-		return
-	}
-	if off == 0 && len(data) == 4 {
-		p.mu.Lock()
-		p.addr = getLE(data)
-		p.mu.Unlock()
-	}
-}
-
 func putLE(b []byte, v uint32) {
 	for i := range b {
 		b[i] = byte(v >> (8 * i))

@@ -60,25 +60,11 @@ func TestPowerPorts(t *testing.T) {
 			var b ioBus
 			b.add(portI8042Cmd, 1, &powerPorts{base: portI8042Cmd, notify: note})
 			b.add(portSleepCtl, 8, &powerPorts{base: portSleepCtl, notify: note})
-			b.add(portPCIAddr, 8, &pciHost{reset: note})
+			b.add(portPCIAddr, 8, newPCIBus(note))
 			b.write(tt.port, []byte{tt.val})
 			if got != tt.want {
 				t.Fatalf("event %v, want %v", got, tt.want)
 			}
 		})
-	}
-}
-
-func TestPCIHostEmptyBus(t *testing.T) {
-	p := &pciHost{reset: func(powerEvent) {}}
-	p.PortWrite(0, []byte{0x00, 0x00, 0x00, 0x80})
-	d := make([]byte, 4)
-	p.PortRead(0, d)
-	if getLE(d) != 0x80000000 {
-		t.Fatalf("address latch reads %#x", getLE(d))
-	}
-	p.PortRead(4, d)
-	if getLE(d) != 0xffffffff {
-		t.Fatalf("config data reads %#x, want all ones (no device)", getLE(d))
 	}
 }

@@ -28,6 +28,8 @@ type Config struct {
 	CPUs int
 	// Console receives the serial port's output.
 	Console io.Writer
+	// Disks are virtio-blk disks, in the order the guest sees them.
+	Disks []DiskConfig
 	// KVMPath is the KVM device; empty means /dev/kvm.
 	KVMPath string
 	// Log receives diagnostics; nil discards them.
@@ -83,6 +85,8 @@ type Machine struct {
 	vcpus  []*vcpu
 	bus    ioBus
 	serial *serial
+	pci    *pciBus
+	virtio []*virtioDevice
 
 	endOnce sync.Once
 	ended   chan struct{}
@@ -165,8 +169,18 @@ func New(cfg Config) (_ *Machine, err error) {
 	}
 
 	m := &Machine{log: log, ended: make(chan struct{})}
+	disks, err := openDisks(cfg.Disks, log)
+	if err != nil {
+		return nil, err
+	}
+	disksOwned := false // until wireVirtio takes them
 	defer func() {
 		if err != nil {
+			if !disksOwned {
+				for _, d := range disks {
+					d.Close()
+				}
+			}
 			m.Close()
 		}
 	}()
@@ -214,6 +228,10 @@ func New(cfg Config) (_ *Machine, err error) {
 		return nil, err
 	}
 	m.wireDevices(cfg.Console)
+	disksOwned = true
+	if err := m.wireVirtio(disks); err != nil {
+		return nil, err
+	}
 	if err := m.createVCPUs(cfg.CPUs); err != nil {
 		return nil, err
 	}
@@ -332,7 +350,8 @@ func (m *Machine) wireDevices(console io.Writer) {
 	m.bus.add(portCMOSIndex, 2, &cmos{})
 	m.bus.add(portI8042Cmd, 1, &powerPorts{base: portI8042Cmd, notify: power})
 	m.bus.add(portSleepCtl, 8, &powerPorts{base: portSleepCtl, notify: power})
-	m.bus.add(portPCIAddr, 8, &pciHost{reset: power})
+	m.pci = newPCIBus(power)
+	m.bus.add(portPCIAddr, 8, m.pci)
 }
 
 func (m *Machine) createVCPUs(n int) error {
@@ -453,7 +472,7 @@ func (m *Machine) Close() error {
 	if m.stuck {
 		return errors.New("machine not released: a vCPU thread is still inside KVM_RUN")
 	}
-	var errs []error
+	errs := m.closeVirtio()
 	for _, v := range m.vcpus {
 		errs = append(errs, v.cpu.Close())
 	}

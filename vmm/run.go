@@ -121,6 +121,9 @@ func (v *vcpu) handleExit() error {
 	case kvm.ExitMMIO:
 		v.exits.MMIO++
 		mmio := v.cpu.MMIO()
+		if v.m.mmio(mmio.PhysAddr, mmio.Data, mmio.IsWrite) {
+			break
+		}
 		if !mmio.IsWrite {
 			for i := range mmio.Data {
 				mmio.Data[i] = 0xff

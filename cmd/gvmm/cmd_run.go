@@ -15,14 +15,18 @@ import (
 	"github.com/gvmm/gvmm/vmm"
 )
 
-const runSynopsis = `--kernel PATH [--initrd PATH] [--cmdline STRING] [--memory SIZE] [--cpus N]
+const runSynopsis = `--kernel PATH [--initrd PATH] [--cmdline STRING] [--memory SIZE] [--cpus N] [--disk PATH[,readonly]]...
 
 Boots a Linux bzImage on KVM. The guest's first serial port (ttyS0) is
 connected to this terminal: when standard input is a terminal it is put in
 raw mode, and Ctrl-A x ends gvmm (Ctrl-A Ctrl-A sends a literal Ctrl-A,
 Ctrl-A h lists the keys). gvmm exits with status 0 when the guest powers off
 or reboots, and non-zero with a message naming the cause when the guest or
-KVM fails (triple fault, emulation failure, failed VM entry).`
+KVM fails (triple fault, emulation failure, failed VM entry).
+
+Devices: each --disk is a virtio-blk disk (the guest sees /dev/vda, /dev/vdb,
+... in order), and a virtio-rng entropy device is always present. The guest
+kernel needs the virtio_pci, virtio_blk and virtio-rng drivers.`
 
 const defaultCmdline = "console=ttyS0"
 
@@ -35,6 +39,8 @@ func runCmd(ctx context.Context, e *env, args []string) error {
 	cpus := fs.Int("cpus", 1, "number of vCPUs")
 	onReboot := fs.String("on-reboot", "exit", "what a guest reboot does: `exit` (status 0) or restart")
 	kvmPath := fs.String("kvm", "/dev/kvm", "KVM device `path`")
+	var disks diskFlags
+	fs.Var(&disks, "disk", "raw disk image `PATH[,readonly]` for a virtio-blk disk (repeatable)")
 	stats := fs.Bool("stats", false, "print gvmm's run time and memory use (peak RSS, guest RAM touched, overhead) on stderr at exit")
 	if err := parseFlags(fs, args); err != nil {
 		return err
@@ -55,6 +61,7 @@ func runCmd(ctx context.Context, e *env, args []string) error {
 		Cmdline:     *cmdline,
 		MemoryBytes: (mem + 4095) &^ 4095,
 		CPUs:        *cpus,
+		Disks:       disks,
 		Console:     e.stdout,
 		KVMPath:     *kvmPath,
 		Log:         e.log,
@@ -292,4 +299,27 @@ func peakRSS() (uint64, error) {
 		}
 	}
 	return 0, errors.New("read peak RSS: no VmHWM in /proc/self/status")
+}
+
+// diskFlags collects --disk PATH[,readonly] values.
+type diskFlags []vmm.DiskConfig
+
+func (d *diskFlags) String() string { return fmt.Sprint(*d) }
+
+func (d *diskFlags) Set(v string) error {
+	parts := strings.Split(v, ",")
+	disk := vmm.DiskConfig{Path: parts[0]}
+	if disk.Path == "" {
+		return errors.New("empty disk path")
+	}
+	for _, opt := range parts[1:] {
+		switch opt {
+		case "readonly", "ro":
+			disk.ReadOnly = true
+		default:
+			return fmt.Errorf("unknown disk option %q (want readonly)", opt)
+		}
+	}
+	*d = append(*d, disk)
+	return nil
 }

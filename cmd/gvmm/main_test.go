@@ -32,7 +32,7 @@ func TestHelp(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("gvmm run --help: status %d", code)
 	}
-	for _, flag := range []string{"-kernel", "-initrd", "-cmdline", "-memory", "-cpus", "-on-reboot", "Ctrl-A x"} {
+	for _, flag := range []string{"-kernel", "-initrd", "-cmdline", "-memory", "-cpus", "-on-reboot", "-disk", "Ctrl-A x"} {
 		if !strings.Contains(out, flag) {
 			t.Errorf("gvmm run --help does not explain %s:\n%s", flag, out)
 		}
@@ -90,6 +90,9 @@ func TestRunBadInput(t *testing.T) {
 		{"stray argument", []string{"run", "--kernel", good, "extra"}, "unexpected argument"},
 		{"bad on-reboot", []string{"run", "--kernel", good, "--on-reboot", "dance"}, "on-reboot"},
 		{"no KVM", []string{"run", "--kernel", good, "--kvm", filepath.Join(dir, "no-kvm")}, "make demo"},
+		{"missing disk", []string{"run", "--kernel", good, "--disk", filepath.Join(dir, "no-disk.img"), "--kvm", filepath.Join(dir, "no-kvm")}, "no-disk.img"},
+		{"bad disk option", []string{"run", "--kernel", good, "--disk", good + ",fast"}, "unknown disk option"},
+		{"empty disk path", []string{"run", "--kernel", good, "--disk", ",readonly"}, "empty disk path"},
 		{"unknown command", []string{"fly"}, "unknown command"},
 	}
 	for _, tt := range tests {
