@@ -4,11 +4,13 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
 
 	"github.com/gvmm/gvmm/kvm"
 	"github.com/gvmm/gvmm/virtio"
 	"github.com/gvmm/gvmm/virtio/blk"
 	"github.com/gvmm/gvmm/virtio/rng"
+	"golang.org/x/sys/unix"
 )
 
 // DiskConfig is a virtio-blk disk backed by a raw image file.
@@ -22,6 +24,10 @@ type virtioDevice struct {
 	name    string
 	pci     *virtio.PCI
 	backend io.Closer // nil when the device holds no host resource
+	// notify holds one eventfd per queue, bound with KVM_IOEVENTFD to the
+	// queue's notification address, so a guest kick reaches the device
+	// without a trip through a vCPU exit handler.
+	notify []*os.File
 }
 
 // openDisks opens every disk image before anything else is built, so a
@@ -59,8 +65,46 @@ func (m *Machine) addVirtio(name string, dev virtio.Device, backend io.Closer) e
 		p.Close()
 		return fmt.Errorf("%s: %w", name, err)
 	}
-	m.virtio = append(m.virtio, &virtioDevice{name: name, pci: p, backend: backend})
+	d := &virtioDevice{name: name, pci: p, backend: backend}
+	m.virtio = append(m.virtio, d)
+	return m.bindNotify(d, bar)
+}
+
+// bindNotify binds an ioeventfd to each queue's notification address in
+// the BAR and forwards its events to the device. If the guest moves the
+// BAR, the old bindings go stale and notifications fall back to MMIO exits
+// (BARWrite), which reach the device as well.
+func (m *Machine) bindNotify(d *virtioDevice, bar uint64) error {
+	for q := 0; q < d.pci.NumQueues(); q++ {
+		fd, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
+		if err != nil {
+			return fmt.Errorf("%s: eventfd: %w", d.name, err)
+		}
+		f := os.NewFile(uintptr(fd), fmt.Sprintf("%s-notify%d", d.name, q))
+		if err := m.vm.IOEventFD(&kvm.IOEventFD{
+			Addr: bar + d.pci.NotifyOffset(q),
+			Len:  2, // the driver writes the 16-bit queue index
+			FD:   int32(fd),
+		}); err != nil {
+			f.Close()
+			return fmt.Errorf("%s: queue %d: %w", d.name, q, err)
+		}
+		d.notify = append(d.notify, f)
+		go forwardNotify(f, d.pci, q)
+	}
 	return nil
+}
+
+// forwardNotify turns each eventfd count into a queue notification until
+// the eventfd is closed.
+func forwardNotify(f *os.File, p *virtio.PCI, q int) {
+	buf := make([]byte, 8)
+	for {
+		if _, err := f.Read(buf); err != nil {
+			return
+		}
+		p.Notify(q)
+	}
 }
 
 // wireVirtio attaches the disks and an entropy device. It owns disks: each
@@ -99,6 +143,9 @@ func (m *Machine) mmio(gpa uint64, data []byte, write bool) bool {
 func (m *Machine) closeVirtio() []error {
 	var errs []error
 	for _, d := range m.virtio {
+		for _, f := range d.notify {
+			errs = append(errs, f.Close())
+		}
 		errs = append(errs, d.pci.Close())
 		if d.backend != nil {
 			errs = append(errs, d.backend.Close())
