@@ -54,7 +54,7 @@ func (m *Machine) addVirtio(name string, dev virtio.Device, backend io.Closer) e
 	if bar+virtio.BARSize > pciMMIOEnd {
 		return fmt.Errorf("%s: no room left for its BAR in the PCI window", name)
 	}
-	p, err := virtio.NewPCI(dev, m.mem, &msiInterrupter{vm: m.vm, log: m.log, name: name}, virtio.PCIOptions{
+	p, err := virtio.NewPCI(dev, m.mem, &msiInterrupter{router: m.msi, log: m.log, name: name}, virtio.PCIOptions{
 		BARAddr: bar,
 		Log:     m.log.With("device", name),
 	})
@@ -110,6 +110,7 @@ func forwardNotify(f *os.File, p *virtio.PCI, q int) {
 // wireVirtio attaches the disks and an entropy device. It owns disks: each
 // is either wired (and closed with the machine) or closed here.
 func (m *Machine) wireVirtio(disks []*blk.Device) error {
+	m.msi = newMSIRouter(m.vm, m.log)
 	for i, d := range disks {
 		if err := m.addVirtio(fmt.Sprintf("virtio-blk%d", i), d, d); err != nil {
 			for _, rest := range disks[i:] {
@@ -152,21 +153,24 @@ func (m *Machine) closeVirtio() []error {
 		}
 	}
 	m.virtio = nil
+	if m.msi != nil {
+		errs = append(errs, m.msi.close()...)
+	}
 	return errs
 }
 
-// msiInterrupter delivers a function's MSI-X messages with KVM_SIGNAL_MSI
-// to the in-kernel LAPICs. INTx is not routed: the DSDT has no _PRT, and
+// msiInterrupter delivers a function's MSI-X messages through the
+// machine's irqfd router. INTx is not routed: the DSDT has no _PRT, and
 // Linux's virtio-pci driver uses MSI-X, which these functions always
 // offer.
 type msiInterrupter struct {
-	vm   *kvm.VM
-	log  *slog.Logger
-	name string
+	router *msiRouter
+	log    *slog.Logger
+	name   string
 }
 
 func (i *msiInterrupter) MSIX(vector uint16, msg virtio.MSIMessage) {
-	if _, err := i.vm.SignalMSI(&kvm.MSI{AddressLo: uint32(msg.Addr), AddressHi: uint32(msg.Addr >> 32), Data: msg.Data}); err != nil {
+	if err := i.router.signal(i.name, vector, msg); err != nil {
 		i.log.Error("deliver MSI-X", "device", i.name, "vector", vector, "err", err)
 	}
 }

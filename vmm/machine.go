@@ -87,6 +87,7 @@ type Machine struct {
 	serial *serial
 	pci    *pciBus
 	virtio []*virtioDevice
+	msi    *msiRouter
 
 	endOnce sync.Once
 	ended   chan struct{}
