@@ -195,7 +195,8 @@ func busyboxApplets(ctx context.Context, bin string) ([]string, error) {
 }
 
 // buildGuest compiles the guest agent and writes the guest initramfs into
-// dir. The guest kernel is Debian's vmlinuz, used where it lies.
+// dir, with the kernel modules of guestModuleGroups (modules.go). The
+// guest kernel is Debian's vmlinuz, used where it lies.
 func buildGuest(ctx context.Context, g goTool, d debPackages, applets []string, dir string) (guestImage, error) {
 	gi := guestImage{kernel: d.vmlinuz(), initrd: filepath.Join(dir, "guest-initrd.cpio.gz")}
 	agent := filepath.Join(dir, "agent")
@@ -219,6 +220,12 @@ func buildGuest(ctx context.Context, g goTool, d debPackages, applets []string, 
 	}
 	if err == nil {
 		err = im.hostFile("etc/shrc", filepath.Join(guestDir, "shrc"), 0o644)
+	}
+	if err == nil {
+		err = im.hostFile(guestModScript, filepath.Join(guestDir, "modules"), 0o755)
+	}
+	if err == nil {
+		_, err = im.guestModules(d, guestModuleGroups)
 	}
 	return gi, im.close(err)
 }
