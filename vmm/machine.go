@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/gvmm/gvmm/kvm"
@@ -97,6 +98,17 @@ type Machine struct {
 	// stuck is set when a vCPU thread did not stop: Close then leaves
 	// the vCPUs, VM and memory alone.
 	stuck bool
+
+	// Pausing: pausePending tells vCPU loops to park; pauseWanted and
+	// parked are guarded by pauseMu and signalled through pauseCond.
+	pausePending atomic.Bool
+	pauseMu      sync.Mutex
+	pauseCond    *sync.Cond
+	pauseWanted  bool
+	parked       int
+	started      time.Time
+	cpus         int
+	memBytes     uint64
 }
 
 // Validate checks a Config's values that need no files and no KVM.
@@ -169,7 +181,8 @@ func New(cfg Config) (_ *Machine, err error) {
 		return nil, err
 	}
 
-	m := &Machine{log: log, ended: make(chan struct{})}
+	m := &Machine{log: log, ended: make(chan struct{}), cpus: cfg.CPUs, memBytes: cfg.MemoryBytes}
+	m.pauseCond = sync.NewCond(&m.pauseMu)
 	disks, err := openDisks(cfg.Disks, log)
 	if err != nil {
 		return nil, err
@@ -415,6 +428,9 @@ func (m *Machine) Run(ctx context.Context) (ExitReason, error) {
 	for range m.vcpus {
 		<-started
 	}
+	m.pauseMu.Lock()
+	m.started = time.Now()
+	m.pauseMu.Unlock()
 	flush := time.NewTicker(20 * time.Millisecond)
 	defer flush.Stop()
 loop:
@@ -453,6 +469,87 @@ loop:
 
 // vcpuStopTimeout bounds how long Run waits for kicked vCPUs.
 const vcpuStopTimeout = 10 * time.Second
+
+// ErrNotRunning is returned by Pause and Resume on a machine that has
+// ended or not started.
+var ErrNotRunning = errors.New("machine is not running")
+
+// Pause stops every vCPU outside KVM_RUN and returns when all are parked.
+// Devices keep running (they finish the I/O in flight). Pausing a paused
+// machine does nothing.
+func (m *Machine) Pause(ctx context.Context) error {
+	select {
+	case <-m.ended:
+		return ErrNotRunning
+	default:
+	}
+	m.pauseMu.Lock()
+	m.pauseWanted = true
+	m.pausePending.Store(true)
+	m.pauseMu.Unlock()
+	for _, v := range m.vcpus {
+		v.interrupt()
+	}
+	for {
+		m.pauseMu.Lock()
+		done := m.parked == len(m.vcpus)
+		m.pauseMu.Unlock()
+		if done {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			m.Resume()
+			return fmt.Errorf("pause: %w", ctx.Err())
+		case <-m.ended:
+			return ErrNotRunning
+		case <-time.After(time.Millisecond):
+		}
+	}
+}
+
+// Resume lets parked vCPUs run again. Resuming a running machine does
+// nothing.
+func (m *Machine) Resume() error {
+	select {
+	case <-m.ended:
+		return ErrNotRunning
+	default:
+	}
+	m.pauseMu.Lock()
+	m.pauseWanted = false
+	m.pausePending.Store(false)
+	m.pauseCond.Broadcast()
+	m.pauseMu.Unlock()
+	return nil
+}
+
+// Status is a machine's state for the control API.
+type Status struct {
+	State       string  `json:"state"` // "running", "paused" or "ended"
+	CPUs        int     `json:"cpus"`
+	MemoryBytes uint64  `json:"memory_bytes"`
+	UptimeSec   float64 `json:"uptime_seconds"`
+}
+
+// Status reports whether the machine runs, is paused or has ended.
+func (m *Machine) Status() Status {
+	st := Status{State: "running", CPUs: m.cpus, MemoryBytes: m.memBytes}
+	m.pauseMu.Lock()
+	if m.pauseWanted {
+		st.State = "paused"
+	}
+	if !m.started.IsZero() {
+		st.UptimeSec = time.Since(m.started).Seconds()
+	}
+	m.pauseMu.Unlock()
+	select {
+	case <-m.ended:
+		st.State = "ended"
+	default:
+	}
+	return st
+}
 
 // ExitCounts sums the exits every vCPU handled in user space. Call it only
 // after Run returned without a stuck vCPU.

@@ -45,17 +45,45 @@ func (c *ExitCounts) add(o *ExitCounts) {
 	c.Other += o.Other
 }
 
-// kick asks the vCPU to leave KVM_RUN and return. Safe from any goroutine:
-// stop is set first, then immediate_exit, then the thread is signalled; the
-// loop clears immediate_exit before it reads stop, so a kick is never lost.
-func (v *vcpu) kick() {
-	v.stop.Store(true)
+// interrupt makes the vCPU leave KVM_RUN (or not enter it) so that its loop
+// looks at its flags again. Safe from any goroutine.
+func (v *vcpu) interrupt() {
 	v.cpu.SetImmediateExit(true)
 	if tid := v.tid.Load(); tid != 0 {
 		// SIGURG is the Go runtime's preemption signal: handled and
 		// otherwise ignored, so it only interrupts KVM_RUN.
 		_ = unix.Tgkill(unix.Getpid(), int(tid), unix.SIGURG)
 	}
+}
+
+// park holds the vCPU outside KVM_RUN while the machine is paused. On the
+// way out it tells the guest's kvmclock that the vCPU was stopped, so the
+// guest does not report a soft lockup for the pause.
+func (v *vcpu) park() {
+	m := v.m
+	m.pauseMu.Lock()
+	m.parked++
+	m.pauseCond.Broadcast()
+	for m.pauseWanted && !v.stop.Load() {
+		m.pauseCond.Wait()
+	}
+	m.parked--
+	m.pauseMu.Unlock()
+	if err := v.cpu.KVMClockCtrl(); err != nil && !errors.Is(err, unix.EINVAL) {
+		// EINVAL: the guest has not enabled kvmclock on this vCPU.
+		m.log.Debug("KVM_KVMCLOCK_CTRL", "vcpu", v.id, "err", err)
+	}
+}
+
+// kick asks the vCPU to leave KVM_RUN and return. Safe from any goroutine:
+// stop is set first, then immediate_exit, then the thread is signalled; the
+// loop clears immediate_exit before it reads stop, so a kick is never lost.
+func (v *vcpu) kick() {
+	v.stop.Store(true)
+	v.interrupt()
+	v.m.pauseMu.Lock()
+	v.m.pauseCond.Broadcast() // a parked vCPU sees stop
+	v.m.pauseMu.Unlock()
 }
 
 // run is the vCPU thread. It owns every ioctl on the vCPU fd. It returns
@@ -77,6 +105,10 @@ func (v *vcpu) run(started chan<- struct{}) error {
 					"efer", fmt.Sprintf("%#x", sregs.EFER), "rflags", fmt.Sprintf("%#x", regs.RFLAGS), "mp", mp.State)
 			}
 			return nil
+		}
+		if v.m.pausePending.Load() {
+			v.park()
+			continue
 		}
 		if err := v.cpu.Run(); err != nil {
 			if errors.Is(err, unix.EINTR) || errors.Is(err, unix.EAGAIN) {

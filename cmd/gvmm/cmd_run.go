@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/gvmm/gvmm/api"
 	"github.com/gvmm/gvmm/kvm"
 	"github.com/gvmm/gvmm/vmm"
 )
@@ -41,6 +42,7 @@ func runCmd(ctx context.Context, e *env, args []string) error {
 	kvmPath := fs.String("kvm", "/dev/kvm", "KVM device `path`")
 	var disks diskFlags
 	fs.Var(&disks, "disk", "raw disk image `PATH[,readonly]` for a virtio-blk disk (repeatable)")
+	apiSocket := fs.String("api-socket", "", "serve the control API (status, pause, resume) on a unix socket at `path`")
 	stats := fs.Bool("stats", false, "print gvmm's run time and memory use (peak RSS, guest RAM touched, overhead) on stderr at exit")
 	if err := parseFlags(fs, args); err != nil {
 		return err
@@ -78,13 +80,34 @@ func runCmd(ctx context.Context, e *env, args []string) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 
+	var holder machineHolder
+	if *apiSocket != "" {
+		ln, err := api.Listen(*apiSocket)
+		if err != nil {
+			return err
+		}
+		served := make(chan struct{})
+		go func() {
+			defer close(served)
+			if err := api.Serve(ctx, ln, &holder, e.log); err != nil {
+				e.log.Error("control API stopped", "err", err)
+			}
+		}()
+		defer func() {
+			cancel()
+			<-served
+		}()
+	}
+
 	for {
 		m, err := vmm.New(cfg)
 		if err != nil {
 			return explainNewError(err)
 		}
+		holder.set(m)
 		start := time.Now()
 		reason, err := runMachine(ctx, m, con)
+		holder.set(nil)
 		if *stats {
 			printStats(e.stderr, m, time.Since(start))
 		}

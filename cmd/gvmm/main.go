@@ -10,6 +10,8 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+
+	"github.com/gvmm/gvmm/api"
 )
 
 // env is what every subcommand gets from main: its streams and logger.
@@ -33,6 +35,9 @@ type command struct {
 func commands() []command {
 	return []command{
 		{"run", "boot a Linux guest (bzImage, initrd, command line) on KVM", runCmd},
+		{"status", "show a running VM's state (through its --api-socket)", apiCmd("status", (*api.Client).Status)},
+		{"pause", "pause a running VM's vCPUs (through its --api-socket)", apiCmd("pause", (*api.Client).Pause)},
+		{"resume", "resume a paused VM (through its --api-socket)", apiCmd("resume", (*api.Client).Resume)},
 		{"host", "host trust base: init, info, approve (offline key), open (unseal the store)", hostCmd},
 		{"attest", "measure gvmm and produce TPM evidence for a verifier's nonce", attestCmd},
 		{"verify", "check TPM evidence against golden values and an enrolled host", verifyCmd},

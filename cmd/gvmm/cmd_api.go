@@ -1,0 +1,76 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"sync"
+
+	"github.com/gvmm/gvmm/api"
+	"github.com/gvmm/gvmm/vmm"
+)
+
+// machineHolder is the API's view of whichever machine gvmm run is running
+// now (a guest reboot with --on-reboot restart replaces it).
+type machineHolder struct {
+	mu sync.Mutex
+	m  *vmm.Machine
+}
+
+var _ api.Machine = (*machineHolder)(nil)
+
+func (h *machineHolder) set(m *vmm.Machine) {
+	h.mu.Lock()
+	h.m = m
+	h.mu.Unlock()
+}
+
+func (h *machineHolder) get() *vmm.Machine {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.m
+}
+
+func (h *machineHolder) Status() api.Status {
+	m := h.get()
+	if m == nil {
+		return api.Status{State: "starting"}
+	}
+	return api.Status(m.Status())
+}
+
+func (h *machineHolder) Pause(ctx context.Context) error {
+	m := h.get()
+	if m == nil {
+		return vmm.ErrNotRunning
+	}
+	return m.Pause(ctx)
+}
+
+func (h *machineHolder) Resume() error {
+	m := h.get()
+	if m == nil {
+		return vmm.ErrNotRunning
+	}
+	return m.Resume()
+}
+
+// apiCmd builds the status, pause and resume commands: each calls one
+// endpoint of a running gvmm's API socket and prints the VM's status.
+func apiCmd(name string, call func(*api.Client, context.Context) (api.Status, error)) func(context.Context, *env, []string) error {
+	return func(ctx context.Context, e *env, args []string) error {
+		fs := newFlagSet(e, name, "--api-socket PATH\n\nTalks to the API socket of a VM started with gvmm run --api-socket PATH.")
+		sock := fs.String("api-socket", "", "the VM's API socket `path` (required)")
+		if err := parseFlags(fs, args); err != nil {
+			return err
+		}
+		if *sock == "" {
+			return usageError("missing --api-socket PATH")
+		}
+		st, err := call(api.NewClient(*sock), ctx)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(e.stdout, "state=%s cpus=%d memory=%s uptime=%.1fs\n", st.State, st.CPUs, vmm.FormatSize(st.MemoryBytes), st.UptimeSec)
+		return nil
+	}
+}
