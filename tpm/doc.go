@@ -21,9 +21,16 @@
 //     one matching the current PCR values and the TPM checks its signature.
 //     Approvals cannot be revoked: an old one opens the store for the old
 //     measurements for as long as the sealed KEK exists (re-seal to revoke).
-//   - Host identity and enrollment (identity.go, enroll.go): an endorsement
-//     key, a restricted attestation key, credential activation, and the
-//     verifier's record of the enrolled AK and the trust level it computed.
+//   - Host identity and enrollment (identity.go, enroll.go,
+//     enrollrecord.go): an endorsement key, a restricted attestation key,
+//     credential activation, and the verifier's record of the enrolled AK
+//     and the trust level it computed. A verifier that runs as separate
+//     processes ("gvmm enroll challenge|finish", "gvmm verify") keeps its
+//     pending challenges and enrolled-host records as files MACed with a
+//     key in its own directory (verifier.key): a record edited to a higher
+//     level, another AK or another host does not load, and each challenge
+//     is removed by the first answer, right or wrong. Loading a record
+//     never raises its level.
 //
 // Trust levels are computed by the verifier from what it checked:
 //

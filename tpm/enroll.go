@@ -1,6 +1,7 @@
 package tpm
 
 import (
+	"bytes"
 	"context"
 	"crypto"
 	"crypto/ecdsa"
@@ -72,8 +73,10 @@ type EnrolledHost struct {
 	HostID   string
 	EKPublic []byte
 	AKPublic []byte
-	ak       *ecdsa.PublicKey
-	Trust    TrustLevel
+	// EKCert is the EK certificate, kept only when it verified.
+	EKCert []byte
+	ak     *ecdsa.PublicKey
+	Trust  TrustLevel
 	// EKCertVerified is set when the host's EK certificate chained to a
 	// configured root (either pool) and certified its EK.
 	EKCertVerified bool
@@ -155,60 +158,105 @@ func checkEK(b []byte) (*tpm2.TPMTPublic, error) {
 	return pub, nil
 }
 
-func equalBytes(a, b []byte) bool { return subtle.ConstantTimeCompare(a, b) == 1 }
-
-// pendingEnroll is an outstanding credential challenge.
-type pendingEnroll struct {
-	host    EnrolledHost
-	secret  []byte
-	expires time.Time
+// EKPublicKey returns the public key of a marshaled EK public area (for
+// example to issue or inspect its certificate), after checking its shape.
+func EKPublicKey(ekPublic []byte) (crypto.PublicKey, error) {
+	pub, err := checkEK(ekPublic)
+	if err != nil {
+		return nil, err
+	}
+	k, err := tpm2.Pub(*pub)
+	if err != nil {
+		return nil, fmt.Errorf("EK public key: %w", err)
+	}
+	return k, nil
 }
 
-// BeginEnroll checks a host's EK and AK and returns a credential challenge.
-// The host id and trust level are computed here, from the EK and its
-// certificate, never taken from the host.
-func (v *Verifier) BeginEnroll(req EnrollRequest) (*EnrollChallenge, error) {
+func equalBytes(a, b []byte) bool { return subtle.ConstantTimeCompare(a, b) == 1 }
+
+// PendingEnrollment is the verifier's private half of a credential
+// challenge: the host's (still unproven) EK, AK and EK certificate and the
+// secret the host must return. It never leaves the verifier; the CLI keeps
+// it MACed in the verifier's directory (SealPending) and consumes it once.
+type PendingEnrollment struct {
+	HostID   string    `json:"host_id"`
+	EKPublic []byte    `json:"ek_public"`
+	AKPublic []byte    `json:"ak_public"`
+	EKCert   []byte    `json:"ek_cert,omitempty"`
+	Secret   []byte    `json:"secret"`
+	Expires  time.Time `json:"expires"`
+}
+
+// maxEKCert bounds an EK certificate from outside.
+const maxEKCert = 4096
+
+// MakeEnrollChallenge checks a host's EK and AK shapes and makes a
+// credential (TPM2_MakeCredential, done in software) that only the TPM
+// holding both that EK and that AK can activate. It keeps no state: the
+// caller keeps the returned PendingEnrollment and finishes it with
+// Verifier.FinishPendingEnroll. The host id is computed here from the EK.
+// The EK certificate is only carried: it is checked at finish time against
+// the finishing verifier's roots.
+func MakeEnrollChallenge(req EnrollRequest, expires time.Time) (*EnrollChallenge, *PendingEnrollment, error) {
 	ekPub, err := checkEK(req.EKPublic)
 	if err != nil {
-		return nil, fmt.Errorf("begin enroll: %w: %w", ErrEnroll, err)
+		return nil, nil, fmt.Errorf("make enroll challenge: %w: %w", ErrEnroll, err)
 	}
-	akPub, akKey, err := checkAK(req.AKPublic)
+	akPub, _, err := checkAK(req.AKPublic)
 	if err != nil {
-		return nil, fmt.Errorf("begin enroll: %w: %w", ErrEnroll, err)
+		return nil, nil, fmt.Errorf("make enroll challenge: %w: %w", ErrEnroll, err)
 	}
-	trust, certOK, err := v.ekCertTrust(req.EKCert, ekPub)
-	if err != nil {
-		return nil, fmt.Errorf("begin enroll: %w: %w", ErrEnroll, err)
+	if len(req.EKCert) > maxEKCert {
+		return nil, nil, fmt.Errorf("make enroll challenge: %w: EK certificate larger than %d bytes", ErrEnroll, maxEKCert)
 	}
 	akName, err := tpm2.ObjectName(akPub)
 	if err != nil {
-		return nil, fmt.Errorf("begin enroll: %w", err)
+		return nil, nil, fmt.Errorf("make enroll challenge: %w", err)
 	}
 	encap, err := tpm2.ImportEncapsulationKey(ekPub)
 	if err != nil {
-		return nil, fmt.Errorf("begin enroll: %w: EK: %w", ErrEnroll, err)
+		return nil, nil, fmt.Errorf("make enroll challenge: %w: EK: %w", ErrEnroll, err)
 	}
 	secret := make([]byte, 32)
 	if _, err := rand.Read(secret); err != nil {
-		return nil, fmt.Errorf("begin enroll: %w", err)
+		return nil, nil, fmt.Errorf("make enroll challenge: %w", err)
 	}
 	cred, encSecret, err := tpm2.CreateCredential(rand.Reader, encap, akName.Buffer, secret)
 	if err != nil {
-		return nil, fmt.Errorf("begin enroll: make credential: %w", err)
+		return nil, nil, fmt.Errorf("make enroll challenge: make credential: %w", err)
 	}
 	hostID := HostIDFromEK(req.EKPublic)
+	p := &PendingEnrollment{
+		HostID: hostID, EKPublic: bytes.Clone(req.EKPublic), AKPublic: bytes.Clone(req.AKPublic),
+		EKCert: bytes.Clone(req.EKCert), Secret: secret, Expires: expires,
+	}
+	return &EnrollChallenge{HostID: hostID, Credential: cred, Secret: encSecret}, p, nil
+}
+
+// BeginEnroll checks a host's EK, AK and EK certificate and returns a
+// credential challenge, kept in memory until FinishEnroll. The host id and
+// trust level are computed by the verifier, never taken from the host; a
+// certificate that does not verify refuses enrollment here already.
+func (v *Verifier) BeginEnroll(req EnrollRequest) (*EnrollChallenge, error) {
+	ch, p, err := MakeEnrollChallenge(req, v.now().Add(v.cfg.NonceTTL))
+	if err != nil {
+		return nil, fmt.Errorf("begin enroll: %w", err)
+	}
+	ekPub, err := checkEK(p.EKPublic)
+	if err != nil {
+		return nil, fmt.Errorf("begin enroll: %w: %w", ErrEnroll, err)
+	}
+	if _, _, err := v.ekCertTrust(p.EKCert, ekPub); err != nil {
+		return nil, fmt.Errorf("begin enroll: %w: %w", ErrEnroll, err)
+	}
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	v.pruneLocked()
 	if len(v.pending) >= maxOutstanding {
 		return nil, fmt.Errorf("begin enroll: too many outstanding enrollments")
 	}
-	v.pending[hostID] = &pendingEnroll{
-		host:    EnrolledHost{HostID: hostID, EKPublic: req.EKPublic, AKPublic: req.AKPublic, ak: akKey, Trust: trust, EKCertVerified: certOK},
-		secret:  secret,
-		expires: v.now().Add(v.cfg.NonceTTL),
-	}
-	return &EnrollChallenge{HostID: hostID, Credential: cred, Secret: encSecret}, nil
+	v.pending[p.HostID] = p
+	return ch, nil
 }
 
 // ekCertTrust computes the trust level an EK certificate earns. No
@@ -243,26 +291,65 @@ func (v *Verifier) ekCertTrust(der []byte, ek *tpm2.TPMTPublic) (TrustLevel, boo
 	return TrustNone, false, errors.Join(errs...)
 }
 
-// FinishEnroll completes enrollment if the host returned the challenge's
-// secret. The challenge is single-use: a wrong answer discards it.
+// FinishEnroll completes an in-memory enrollment if the host returned the
+// challenge's secret. The challenge is single-use: any answer discards it.
 func (v *Verifier) FinishEnroll(hostID string, secret []byte) (*EnrolledHost, error) {
 	v.mu.Lock()
-	defer v.mu.Unlock()
 	p, ok := v.pending[hostID]
 	delete(v.pending, hostID)
+	v.mu.Unlock()
 	if !ok {
 		return nil, fmt.Errorf("finish enroll %s: %w: no outstanding challenge", hostID, ErrEnroll)
 	}
-	if v.now().After(p.expires) {
-		return nil, fmt.Errorf("finish enroll %s: %w: challenge expired", hostID, ErrEnroll)
+	return v.FinishPendingEnroll(p, secret)
+}
+
+// FinishPendingEnroll completes an enrollment whose challenge state the
+// caller kept (and has already removed from wherever it kept it, so that
+// it is answered at most once). It checks the expiry and the returned
+// secret, checks the EK and AK again, computes the trust level from the EK
+// certificate against this verifier's roots, and records the host.
+func (v *Verifier) FinishPendingEnroll(p *PendingEnrollment, secret []byte) (*EnrolledHost, error) {
+	if p == nil {
+		return nil, fmt.Errorf("finish enroll: %w: no challenge", ErrEnroll)
 	}
-	if !equalBytes(secret, p.secret) {
-		return nil, fmt.Errorf("finish enroll %s: %w: wrong credential secret (AK not in the TPM holding this EK)", hostID, ErrEnroll)
+	fail := func(format string, args ...any) error {
+		return fmt.Errorf("finish enroll %s: %w: %s", p.HostID, ErrEnroll, fmt.Sprintf(format, args...))
 	}
-	h := p.host
-	v.hosts[hostID] = &h
-	v.log.Info("host enrolled", "host", hostID, "trust", h.Trust)
-	return &h, nil
+	if v.now().After(p.Expires) {
+		return nil, fail("challenge expired at %s", p.Expires.Format(time.RFC3339))
+	}
+	if len(p.Secret) != 32 || !equalBytes(secret, p.Secret) {
+		return nil, fail("wrong credential secret (AK not in the TPM holding this EK)")
+	}
+	ekPub, err := checkEK(p.EKPublic)
+	if err != nil {
+		return nil, fmt.Errorf("finish enroll %s: %w: %w", p.HostID, ErrEnroll, err)
+	}
+	_, ak, err := checkAK(p.AKPublic)
+	if err != nil {
+		return nil, fmt.Errorf("finish enroll %s: %w: %w", p.HostID, ErrEnroll, err)
+	}
+	if HostIDFromEK(p.EKPublic) != p.HostID {
+		return nil, fail("host id does not match the EK")
+	}
+	trust, certOK, err := v.ekCertTrust(p.EKCert, ekPub)
+	if err != nil {
+		return nil, fmt.Errorf("finish enroll %s: %w: %w", p.HostID, ErrEnroll, err)
+	}
+	h := EnrolledHost{
+		HostID: p.HostID, EKPublic: bytes.Clone(p.EKPublic), AKPublic: bytes.Clone(p.AKPublic),
+		ak: ak, Trust: trust, EKCertVerified: certOK,
+	}
+	if certOK {
+		h.EKCert = bytes.Clone(p.EKCert)
+	}
+	v.mu.Lock()
+	v.hosts[h.HostID] = &h
+	v.mu.Unlock()
+	v.log.Info("host enrolled", "host", h.HostID, "trust", h.Trust)
+	out := h
+	return &out, nil
 }
 
 // EnrollRequest returns this TPM's enrollment request.
@@ -320,7 +407,7 @@ var oidSubjectAltName = asn1.ObjectIdentifier{2, 5, 29, 17}
 // version as a directoryName) is checked to be present and parseable here,
 // then removed from the unhandled list so x509.Verify can check the chain.
 func verifyEKCert(der []byte, roots, inter *x509.CertPool, ek *tpm2.TPMTPublic, now time.Time) error {
-	if len(der) > 4096 {
+	if len(der) > maxEKCert {
 		return errors.New("EK certificate too large")
 	}
 	cert, err := x509.ParseCertificate(der)

@@ -50,6 +50,11 @@ type HostInfo struct {
 	EKPublic  []byte   `json:"ek_public"`
 	AKPublic  []byte   `json:"ak_public"`
 	HasEKCert bool     `json:"has_ek_cert"`
+	// EKCert is the EK certificate (DER) from the TPM's NV, if any, so a
+	// verifier can check its chain itself. Like everything here it is the
+	// host's claim: the verifier trusts it only once it chains to a root
+	// the verifier configured and certifies the EK it enrolls.
+	EKCert []byte `json:"ek_cert,omitempty"`
 	// HostKey is the host's long-term public key (PKIX DER).
 	HostKey []byte `json:"host_key"`
 	// Approver is the offline approval key (PKIX DER) in SealAuthorized
@@ -128,6 +133,7 @@ func InitHost(ctx context.Context, tp *TPM, dir string, opts HostOptions) (*Host
 	info := &HostInfo{
 		HostID: id.HostID, TPM: tp.cfg.String(), Insecure: tp.cfg.Insecure(), SealMode: pol.Mode,
 		EKPublic: id.EKPublic, AKPublic: id.AKPublic, HasEKCert: len(id.EKCert) > 0,
+		EKCert:  id.EKCert,
 		HostKey: pub, MeasuredPCR: log.PCR, LaunchPCR: launchPCR[:],
 	}
 	if opts.Approver != nil {

@@ -54,7 +54,7 @@ type Verifier struct {
 	// removed the first time evidence names it (guarded by mu).
 	nonces map[[32]byte]*Challenge
 	// pending are outstanding enrollments by host id (guarded by mu).
-	pending map[string]*pendingEnroll
+	pending map[string]*PendingEnrollment
 	// hosts are enrolled hosts by host id (guarded by mu).
 	hosts map[string]*EnrolledHost
 }
@@ -75,7 +75,7 @@ func NewVerifier(cfg VerifierConfig) *Verifier {
 		cfg:     cfg,
 		log:     log,
 		nonces:  make(map[[32]byte]*Challenge),
-		pending: make(map[string]*pendingEnroll),
+		pending: make(map[string]*PendingEnrollment),
 		hosts:   make(map[string]*EnrolledHost),
 	}
 }
@@ -91,7 +91,7 @@ func (v *Verifier) pruneLocked() {
 		}
 	}
 	for k, p := range v.pending {
-		if now.After(p.expires) {
+		if now.After(p.Expires) {
 			delete(v.pending, k)
 		}
 	}

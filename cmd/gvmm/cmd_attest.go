@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"encoding/hex"
-	"encoding/json"
 	"fmt"
 	"os"
 	"time"
@@ -59,12 +58,15 @@ func attestCmd(ctx context.Context, e *env, args []string) error {
 }
 
 // verifyCmd checks evidence against a policy of golden values and the
-// verifier's record of the host (its enrolled EK and AK).
+// verifier's own record of the host (from gvmm enroll finish), whose trust
+// level it uses as recorded: never higher. A quote with a replayed
+// firmware boot log can earn hardware-tpm-boot-log for that quote only.
 func verifyCmd(ctx context.Context, e *env, args []string) error {
-	fs := newFlagSet(e, "verify", "--evidence FILE --policy FILE --host FILE --nonce HEX --migration-id ID")
+	fs := newFlagSet(e, "verify", "--evidence FILE --policy FILE --enrolled FILE --verifier-dir DIR --nonce HEX --migration-id ID")
 	evPath := fs.String("evidence", "", "evidence `file` (from gvmm attest)")
 	polPath := fs.String("policy", "", "policy `file`: {\"pcrs\":[23],\"measured_pcr\":23,\"golden\":{\"23\":[base64]},\"min_trust\":1}")
-	hostPath := fs.String("host", "", "the verifier's record of the enrolled host (identity.json: ek_public, ak_public)")
+	enrolledPath := fs.String("enrolled", "", "the verifier's enrolled-host record (from gvmm enroll finish)")
+	vdir := fs.String("verifier-dir", "", "verifier `directory` holding the key the record is MACed with")
 	nonceHex := fs.String("nonce", "", "the nonce this verifier issued (64 hex digits)")
 	migID := fs.String("migration-id", "", "expected migration id")
 	_ = fs.String("tpm", tpm.DefaultURI, "unused: verification needs no TPM (accepted for symmetry)")
@@ -72,8 +74,8 @@ func verifyCmd(ctx context.Context, e *env, args []string) error {
 		return err
 	}
 	nonce, err := hex.DecodeString(*nonceHex)
-	if err != nil || len(nonce) != 32 || *migID == "" || *evPath == "" || *polPath == "" || *hostPath == "" {
-		return usageError("need --evidence, --policy, --host, --nonce (64 hex digits) and --migration-id")
+	if err != nil || len(nonce) != 32 || *migID == "" || *evPath == "" || *polPath == "" || *enrolledPath == "" || *vdir == "" {
+		return usageError("need --evidence, --policy, --enrolled, --verifier-dir, --nonce (64 hex digits) and --migration-id")
 	}
 	f, err := os.Open(*evPath)
 	if err != nil {
@@ -85,19 +87,20 @@ func verifyCmd(ctx context.Context, e *env, args []string) error {
 		return err
 	}
 	var pol tpm.Policy
-	if err := readJSONFile(*polPath, &pol); err != nil {
+	if err := readStrictJSON(*polPath, &pol); err != nil {
 		return err
 	}
-	var rec struct {
-		EKPublic []byte `json:"ek_public"`
-		AKPublic []byte `json:"ak_public"`
-	}
-	if err := readJSONFile(*hostPath, &rec); err != nil {
+	key, err := tpm.LoadVerifierKey(*vdir, false)
+	if err != nil {
 		return err
+	}
+	rec, err := os.ReadFile(*enrolledPath)
+	if err != nil {
+		return fmt.Errorf("enrolled record: %w", err)
 	}
 	v := tpm.NewVerifier(tpm.VerifierConfig{Log: e.log})
-	if err := v.AddHost(tpm.EnrolledHost{EKPublic: rec.EKPublic, AKPublic: rec.AKPublic}); err != nil {
-		return fmt.Errorf("host record: %w", err)
+	if _, err := v.AddEnrolledRecord(key, rec); err != nil {
+		return &exitError{code: 1, msg: err.Error()}
 	}
 	if err := v.ExpectNonce(nonce, *migID, time.Now().Add(tpm.DefaultNonceTTL)); err != nil {
 		return err
@@ -109,20 +112,6 @@ func verifyCmd(ctx context.Context, e *env, args []string) error {
 	fmt.Fprintf(e.stdout, "OK host %s trust %s migration %s\n", res.HostID, res.Trust, res.MigrationID)
 	for _, ev := range res.Events {
 		fmt.Fprintf(e.stdout, "  measured %-10s %s\n", ev.Type, hex.EncodeToString(ev.Data))
-	}
-	return nil
-}
-
-func readJSONFile(path string, v any) error {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return err
-	}
-	if len(b) > 1<<20 {
-		return fmt.Errorf("%s: too large", path)
-	}
-	if err := json.Unmarshal(b, v); err != nil {
-		return fmt.Errorf("%s: %w", path, err)
 	}
 	return nil
 }

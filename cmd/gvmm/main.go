@@ -39,6 +39,7 @@ func commands() []command {
 		{"pause", "pause a running VM's vCPUs (through its --api-socket)", apiCmd("pause", (*api.Client).Pause)},
 		{"resume", "resume a paused VM (through its --api-socket)", apiCmd("resume", (*api.Client).Resume)},
 		{"host", "host trust base: init, info, approve (offline key), open (unseal the store)", hostCmd},
+		{"enroll", "enroll a host with a verifier: challenge, activate (in the TPM), finish", enrollCmd},
 		{"attest", "measure gvmm and produce TPM evidence for a verifier's nonce", attestCmd},
 		{"verify", "check TPM evidence against golden values and an enrolled host", verifyCmd},
 	}
