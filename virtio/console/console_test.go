@@ -709,3 +709,67 @@ func TestConfig(t *testing.T) {
 	d.WriteConfig(8, []byte{'x', 0, 0, 0}) // emerg_wr without the feature: ignored
 	d.Reset()                              // before any Activate
 }
+
+// TestReceiveIgnoresReadable: readable descriptors in a receive chain are
+// skipped, and a chain with no writable byte is returned empty without
+// losing data.
+func TestReceiveIgnoresReadable(t *testing.T) {
+	r := newRig(t, 16)
+	r.attach(t)
+	ro := r.rx.alloc(16)
+	r.mem.GuestWrite(ro, bytes.Repeat([]byte{0xaa}, 16))
+	r.rx.post(false, virtiotest.Buf{Addr: ro, Len: 8}, virtiotest.Buf{Addr: r.rx.alloc(8), Len: 8, Write: true})
+	r.rx.post(false, virtiotest.Buf{Addr: ro + 8, Len: 8})
+	r.postRX(t, false, 64)
+	r.activate(t, features)
+	msg := []byte("GET /status 42\n")
+	writeHost(r.host, msg)
+	got, lens := r.recv(t, len(msg))
+	if !bytes.Equal(got, msg) || !equal(lens, []uint32{8, 0, 7}) {
+		t.Fatalf("guest got %q with used lengths %v", got, lens)
+	}
+	if ro := r.mem.GuestRead(ro, 16); !bytes.Equal(ro, bytes.Repeat([]byte{0xaa}, 16)) {
+		t.Fatalf("device wrote a readable buffer: %x", ro)
+	}
+	r.checkDirty(t, true)
+}
+
+// failingHost reads from a pipe that never yields and fails every write.
+type failingHost struct {
+	*io.PipeReader
+	closed chan struct{}
+}
+
+func (failingHost) Write([]byte) (int, error) { return 0, errors.New("broken pipe") }
+func (f failingHost) Close() error {
+	close(f.closed)
+	return f.PipeReader.Close()
+}
+
+// TestHostWriteErrorDetaches: a host side that fails a write is detached
+// and closed, the guest's chain still completes, and the bytes count as
+// discarded.
+func TestHostWriteErrorDetaches(t *testing.T) {
+	r := newRig(t, 16)
+	pr, pw := io.Pipe()
+	defer pw.Close()
+	host := failingHost{PipeReader: pr, closed: make(chan struct{})}
+	done := r.dev.SetHost(host)
+	r.postTX(t, false, []byte("lost"))
+	r.activate(t, features)
+	r.waitTX(t, 1)
+	select {
+	case <-done:
+	case <-time.After(timeout):
+		t.Fatal("a failed write did not detach the host side")
+	}
+	<-host.closed
+	r.postTX(t, false, []byte("also lost"))
+	r.waitTX(t, 1)
+	if s := r.dev.Stats(); s.Discarded != 13 || s.ToHost != 0 {
+		t.Fatalf("stats %+v", s)
+	}
+	if f := r.h.Failure(); f != nil {
+		t.Fatalf("host failure broke the device: %v", f)
+	}
+}
