@@ -43,13 +43,17 @@ type Evidence struct {
 	SigS   []byte `json:"sig_s"`
 	// Log is the encoded measurement log of the measured PCR.
 	Log []byte `json:"log"`
+	// BootLog is the firmware's TCG event log (crypto-agile, as in
+	// /sys/kernel/security/tpm0/binary_bios_measurements), for a policy
+	// that replays PCRs 0-7. Empty otherwise.
+	BootLog []byte `json:"boot_log,omitempty"`
 }
 
 const (
 	evidenceVersion = 1
 	nonceSize       = 32
 	maxIDLen        = 128
-	maxEvidence     = 256 << 10
+	maxEvidence     = 1 << 20 // room for a base64 boot log of maxBootLog
 	// quoteDomain separates gvmm quote extra data from anything else.
 	quoteDomain = "gvmm-quote-v1\x00"
 )
@@ -183,6 +187,13 @@ type Policy struct {
 	// Golden lists, per selected PCR, the values accepted. Every PCR in
 	// PCRs must have at least one.
 	Golden map[int][][]byte `json:"golden"`
+	// BootLog requires the evidence to carry the firmware boot log and
+	// replays it against the quoted PCRs 0-7, which must then be in PCRs
+	// (and MeasuredPCR must not be one of them). Golden values for PCRs
+	// 0-7 are optional with it: the replay checks them, and any given
+	// must match too. Only a quote whose boot log replays, from a host
+	// enrolled at TrustHardwareEKCert, earns TrustHardwareBootLog.
+	BootLog bool `json:"boot_log,omitempty"`
 	// MinTrust is the lowest trust level accepted.
 	MinTrust TrustLevel `json:"min_trust"`
 }
@@ -204,6 +215,9 @@ type Result struct {
 	PCRs         map[int][32]byte
 	// Events is what was measured, from the replayed log.
 	Events []Event
+	// BootEvents are the firmware boot log's events, when the policy
+	// replayed one.
+	BootEvents []BootEvent
 }
 
 // Verification errors. Every failure wraps ErrEvidence and one of these
@@ -242,7 +256,7 @@ func (v *Verifier) Verify(ev *Evidence, want Expect, pol *Policy) (*Result, erro
 	}
 	if len(ev.Nonce) != nonceSize || len(ev.HostID) > maxIDLen || len(ev.MigrationID) > maxIDLen ||
 		len(ev.EphemeralPub) > 133 || len(ev.Quoted) > 1024 || len(ev.SigR) > 32 || len(ev.SigS) > 32 ||
-		len(ev.PCRs) > 24 || len(ev.PCRValues) != len(ev.PCRs) {
+		len(ev.PCRs) > 24 || len(ev.PCRValues) != len(ev.PCRs) || len(ev.BootLog) > maxBootLog {
 		return nil, reject(errEvidenceFields, "sizes out of range")
 	}
 	// Single use: consume the nonce before anything else can fail.
@@ -269,8 +283,13 @@ func (v *Verifier) Verify(ev *Evidence, want Expect, pol *Policy) (*Result, erro
 	if err := pol.check(); err != nil {
 		return nil, err
 	}
-	if host.Trust < pol.MinTrust {
+	// The host's enrolled level bounds what this quote can earn: only
+	// the boot log can add one level, and only above an EK certificate.
+	if need := min(pol.MinTrust, TrustHardwareEKCert); host.Trust < need {
 		return nil, reject(ErrTrustTooLow, "%s < %s", host.Trust, pol.MinTrust)
+	}
+	if !pol.BootLog && len(ev.BootLog) > 0 {
+		return nil, reject(errEvidenceFields, "a boot log the policy does not replay")
 	}
 
 	// The signature, with the enrolled AK only.
@@ -329,17 +348,50 @@ func (v *Verifier) Verify(ev *Evidence, want Expect, pol *Policy) (*Result, erro
 		return nil, reject(ErrPCRMismatch, "log does not replay to quoted PCR %d", pol.MeasuredPCR)
 	}
 
-	// Every selected PCR against golden values.
+	// The firmware boot log against PCRs 0-7.
+	var boot *BootLog
+	if pol.BootLog {
+		if len(ev.BootLog) == 0 {
+			return nil, reject(ErrPCRMismatch, "policy replays the boot log and the evidence has none")
+		}
+		if boot, err = ParseBootLog(ev.BootLog); err != nil {
+			return nil, reject(ErrPCRMismatch, "%v", err)
+		}
+		replayed := boot.Replay()
+		for p := 0; p <= BootLogLastPCR; p++ {
+			if replayed[p] != vals[p] {
+				return nil, reject(ErrPCRMismatch, "boot log does not replay to quoted PCR %d", p)
+			}
+		}
+	}
+
+	// Every selected PCR against golden values (PCRs 0-7 only if the
+	// policy gives them, when the boot log replayed them).
 	for _, p := range quoted {
 		got := vals[p]
+		if pol.BootLog && p <= BootLogLastPCR && len(pol.Golden[p]) == 0 {
+			continue
+		}
 		if !slices.ContainsFunc(pol.Golden[p], func(g []byte) bool { return equalBytes(g, got[:]) }) {
 			return nil, reject(ErrPCRMismatch, "PCR %d = %x is not a golden value", p, got)
 		}
 	}
-	return &Result{
-		HostID: ev.HostID, MigrationID: ev.MigrationID, Trust: host.Trust,
+	// A host record never carries the boot-log level (it is per quote).
+	trust := min(host.Trust, TrustHardwareEKCert)
+	if boot != nil && trust == TrustHardwareEKCert {
+		trust = TrustHardwareBootLog
+	}
+	if trust < pol.MinTrust {
+		return nil, reject(ErrTrustTooLow, "%s < %s", trust, pol.MinTrust)
+	}
+	res := &Result{
+		HostID: ev.HostID, MigrationID: ev.MigrationID, Trust: trust,
 		EphemeralPub: bytes.Clone(ev.EphemeralPub), PCRs: vals, Events: log.Events,
-	}, nil
+	}
+	if boot != nil {
+		res.BootEvents = boot.Events
+	}
+	return res, nil
 }
 
 // check validates the policy itself: a policy that could accept anything
@@ -354,13 +406,26 @@ func (p *Policy) check() error {
 	if !slices.Contains(p.PCRs, p.MeasuredPCR) {
 		return bad("measured PCR %d not in selection %v", p.MeasuredPCR, p.PCRs)
 	}
+	if p.BootLog {
+		for pcr := 0; pcr <= BootLogLastPCR; pcr++ {
+			if !slices.Contains(p.PCRs, pcr) {
+				return bad("boot log replay needs PCRs 0-%d in the selection %v", BootLogLastPCR, p.PCRs)
+			}
+		}
+		if p.MeasuredPCR <= BootLogLastPCR {
+			return bad("measured PCR %d is a firmware PCR", p.MeasuredPCR)
+		}
+	}
 	for _, pcr := range p.PCRs {
-		if len(p.Golden[pcr]) == 0 {
+		if len(p.Golden[pcr]) == 0 && !(p.BootLog && pcr <= BootLogLastPCR) {
 			return bad("no golden value for PCR %d", pcr)
 		}
 	}
-	if p.MinTrust < TrustSoftware {
-		return bad("min trust must be at least %s", TrustSoftware)
+	if p.MinTrust < TrustSoftware || p.MinTrust > TrustHardwareBootLog {
+		return bad("min trust must be %s to %s", TrustSoftware, TrustHardwareBootLog)
+	}
+	if p.MinTrust == TrustHardwareBootLog && !p.BootLog {
+		return bad("min trust %s needs boot_log", TrustHardwareBootLog)
 	}
 	return nil
 }

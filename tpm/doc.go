@@ -43,10 +43,21 @@
 //     the enrolled EK. "Hardware" is the operator's assertion about those
 //     roots; the verifier cannot tell a manufacturer's CA from any other.
 //     A presented certificate that does not verify refuses enrollment.
-//   - hardware-tpm-boot-log: defined but never computed, so unreachable:
-//     gvmm does not parse TCG firmware boot logs or quote PCRs 0-7 yet. No
-//     code path sets it, and a policy that requires it rejects every host.
-//
+//   - hardware-tpm-boot-log: per quote, never per host. A host enrolled at
+//     hardware-tpm-ek-cert earns it for one quote when the policy sets
+//     boot_log, the quote covers PCRs 0-7 (SHA-256 bank), the firmware's
+//     TCG event log in the evidence (bootlog.go: the crypto-agile format
+//     of /sys/kernel/security/tpm0/binary_bios_measurements, parsed with
+//     bounds on size, event count, event size and known algorithms only)
+//     replays exactly to the quoted PCRs 0-7, and any golden values the
+//     policy gives for PCRs 0-7 match. A software-tpm host with a perfect
+//     log stays software-tpm. The TCG log does not cover event types, and
+//     most event data (an EFI application's path) is not what was hashed:
+//     the parser checks the data of the events whose digest is defined as
+//     its hash (separators, S-CRTM version, EFI actions, Secure Boot
+//     configuration, GPT), and golden values should name PCRs or digests,
+//     not descriptions.
+
 // swtpm 0.7.1's swtpm_setup certifies an RSA-2048 EK (0x01c00002) and an
 // ECC P-384 EK (0x01c00016), not the P-256 EK gvmm uses: such a swtpm has
 // no gvmm-usable EK certificate unless one is provisioned at 0x01c0000a

@@ -36,8 +36,8 @@ const (
 	// VerifierConfig.SoftwareEKRoots stays at TrustSoftware.
 	TrustHardwareEKCert
 	// TrustHardwareBootLog: as TrustHardwareEKCert, and the host's firmware
-	// boot log replayed against quoted PCRs 0-7. Not computed yet: gvmm does
-	// not parse TCG boot logs (see issue 4).
+	// boot log replayed against quoted PCRs 0-7 (Policy.BootLog). It is a
+	// property of one quote, never of an enrolled host.
 	TrustHardwareBootLog
 )
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/hex"
 	"fmt"
+	"io"
 	"os"
 	"time"
 
@@ -19,6 +20,7 @@ func attestCmd(ctx context.Context, e *env, args []string) error {
 	nonceHex := fs.String("nonce", "", "verifier's nonce (64 hex digits)")
 	migID := fs.String("migration-id", "", "migration or session id the evidence is for")
 	ephHex := fs.String("ephemeral-pub", "", "receiving public key to bind (hex, uncompressed P-256), optional")
+	bootLog := fs.String("boot-log", "", "firmware event log `file` to include, quoting PCRs 0-7 too (e.g. /sys/kernel/security/tpm0/binary_bios_measurements)")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
@@ -33,6 +35,13 @@ func attestCmd(ctx context.Context, e *env, args []string) error {
 	in, err := lf.inputs()
 	if err != nil {
 		return err
+	}
+	var boot []byte
+	if *bootLog != "" {
+		// Parsed here only to refuse early what no verifier accepts.
+		if boot, err = readBootLog(*bootLog); err != nil {
+			return err
+		}
 	}
 	t, err := openTPM(ctx, e, lf.tpmURI)
 	if err != nil {
@@ -50,11 +59,33 @@ func attestCmd(ctx context.Context, e *env, args []string) error {
 	if err != nil {
 		return err
 	}
-	ev, err := t.Attest(ctx, &tpm.Challenge{Nonce: nonce, MigrationID: *migID}, id.HostID, eph, []int{log.PCR}, log)
+	pcrs := []int{log.PCR}
+	if boot != nil {
+		pcrs = append(pcrs, 0, 1, 2, 3, 4, 5, 6, 7)
+	}
+	ev, err := t.Attest(ctx, &tpm.Challenge{Nonce: nonce, MigrationID: *migID}, id.HostID, eph, pcrs, log)
 	if err != nil {
 		return err
 	}
+	ev.BootLog = boot
 	return printJSON(e, ev)
+}
+
+// readBootLog reads a firmware event log, bounded, and checks it parses.
+func readBootLog(path string) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("read boot log: %w", err)
+	}
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, tpm.MaxBootLog+1))
+	if err != nil {
+		return nil, fmt.Errorf("read boot log %s: %w", path, err)
+	}
+	if _, err := tpm.ParseBootLog(b); err != nil {
+		return nil, fmt.Errorf("boot log %s: %w", path, err)
+	}
+	return b, nil
 }
 
 // verifyCmd checks evidence against a policy of golden values and the

@@ -4,9 +4,11 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/sha256"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/base64"
+	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
@@ -162,12 +164,12 @@ func TestEnrollVerifyCLI(t *testing.T) {
 		return p(name)
 	}
 	pol, hwPol := writePolicy("policy.json", tpm.TrustSoftware), writePolicy("hw-policy.json", tpm.TrustHardwareEKCert)
-	attestVerify := func(record, policy string) []string {
+	attestVerify := func(record, policy string, attestFlags ...string) []string {
 		t.Helper()
 		nonce := make([]byte, 32)
 		rand.Read(nonce)
 		n := hex.EncodeToString(nonce)
-		ev := ok("attest", "--tpm", uri, "--nonce", n, "--migration-id", "m1")
+		ev := ok(append([]string{"attest", "--tpm", uri, "--nonce", n, "--migration-id", "m1"}, attestFlags...)...)
 		evPath := p("evidence-" + n[:8] + ".json")
 		if err := os.WriteFile(evPath, []byte(ev), 0o600); err != nil {
 			t.Fatal(err)
@@ -179,7 +181,7 @@ func TestEnrollVerifyCLI(t *testing.T) {
 	}
 	fails("trust level below policy", attestVerify(p("enrolled.json"), hwPol)...)
 
-	t.Run("record edited to a higher level", func(t *testing.T) {
+	{ // record edited to a higher level
 		for _, level := range []string{"hardware-tpm-ek-cert", "hardware-tpm-boot-log"} {
 			edited := p("edited-" + level + ".json")
 			editJSON(t, p("enrolled.json"), edited, "trust", level)
@@ -188,9 +190,9 @@ func TestEnrollVerifyCLI(t *testing.T) {
 		// The verified flag and the AK are covered too.
 		editJSON(t, p("enrolled.json"), p("edited-verified.json"), "ek_cert_verified", true)
 		fails("MAC does not verify", attestVerify(p("edited-verified.json"), pol)...)
-	})
+	}
 
-	t.Run("record from another verifier", func(t *testing.T) {
+	{ // record from another verifier
 		other := filepath.Join(dir, "other-verifier")
 		if _, err := tpm.LoadVerifierKey(other, true); err != nil {
 			t.Fatal(err)
@@ -202,9 +204,9 @@ func TestEnrollVerifyCLI(t *testing.T) {
 			}
 		}
 		fails("MAC does not verify", args...)
-	})
+	}
 
-	t.Run("wrong returned secret", func(t *testing.T) {
+	{ // wrong returned secret
 		challenge(identity, p("c2.json"))
 		activate(p("c2.json"), p("r2.json"))
 		editJSON(t, p("r2.json"), p("r2-wrong.json"), "secret", base64.StdEncoding.EncodeToString(make([]byte, 32)))
@@ -214,21 +216,21 @@ func TestEnrollVerifyCLI(t *testing.T) {
 		if _, err := os.Stat(p("e2.json")); err == nil {
 			t.Fatal("a refused enrollment wrote a record")
 		}
-	})
+	}
 
-	t.Run("challenge answered twice", func(t *testing.T) {
+	{ // challenge answered twice
 		challenge(identity, p("c3.json"))
 		activate(p("c3.json"), p("r3.json"))
 		ok(finish(p("r3.json"), p("e3.json"))...)
 		fails("no outstanding challenge", finish(p("r3.json"), p("e3b.json"))...)
-	})
+	}
 
-	t.Run("challenge for another host", func(t *testing.T) {
+	{ // challenge for another host
 		editJSON(t, p("c1.json"), p("c-other.json"), "host_id", "h-00000000000000000000000000000000")
 		fails("challenge is for host", "enroll", "activate", "--tpm", uri, "--challenge", p("c-other.json"), "--out", p("r-other.json"))
-	})
+	}
 
-	t.Run("EK certificate roots", func(t *testing.T) {
+	{ // EK certificate roots
 		ca, otherCA := newTestCA(t, dir, "ek-ca"), newTestCA(t, dir, "other-ca")
 		withCert := p("identity-cert.json")
 		editJSON(t, identity, withCert, "ek_cert", base64.StdEncoding.EncodeToString(ca.issueEK(t, info.EKPublic)))
@@ -260,13 +262,66 @@ func TestEnrollVerifyCLI(t *testing.T) {
 		}
 		// ...and the software one, from the same certificate, does not.
 		fails("trust level below policy", attestVerify(p("e-ca1.json"), hwPol)...)
+		// A boot log through the CLI: the simulator ran no firmware, so
+		// the log that replays to its PCRs 0-7 holds only the Spec ID
+		// event. The hardware record earns the boot-log level for the
+		// quote; the software one does not, and a log that does not
+		// replay is refused.
+		bootPol := p("boot-policy.json")
+		b, _ := json.Marshal(tpm.Policy{PCRs: []int{0, 1, 2, 3, 4, 5, 6, 7, 23}, MeasuredPCR: 23,
+			Golden: map[int][][]byte{23: {g[:]}}, BootLog: true, MinTrust: tpm.TrustHardwareBootLog})
+		if err := os.WriteFile(bootPol, b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		emptyLog, oneEvent := p("boot-empty.bin"), p("boot-one.bin")
+		os.WriteFile(emptyLog, specIDOnlyLog(false), 0o600)
+		os.WriteFile(oneEvent, specIDOnlyLog(true), 0o600)
+		if out := ok(attestVerify(p("e-ca0.json"), bootPol, "--boot-log", emptyLog)...); !strings.Contains(out, "trust hardware-tpm-boot-log") {
+			t.Fatalf("verify with boot log: %q", out)
+		}
+		fails("trust level below policy", attestVerify(p("e-ca1.json"), bootPol, "--boot-log", emptyLog)...)
+		fails("boot log does not replay to quoted PCR 0", attestVerify(p("e-ca0.json"), bootPol, "--boot-log", oneEvent)...)
+		fails("PCR selection differs from policy", attestVerify(p("e-ca0.json"), bootPol)...)
+
 		// A certificate for another EK, from the right CA.
 		otherEK := p("identity-cert-other.json")
 		editJSON(t, withCert, otherEK, "ek_cert", base64.StdEncoding.EncodeToString(ca.issueEK(t, mustOtherEK(t))))
 		challenge(otherEK, p("c-x.json"))
 		activate(p("c-x.json"), p("r-x.json"))
 		fails("does not certify this EK", finish(p("r-x.json"), p("e-x.json"), "--ek-roots", ca.pem)...)
-	})
+	}
+}
+
+// specIDOnlyLog is a crypto-agile firmware log with the Spec ID event
+// (SHA-256 bank only) and, if oneEvent, one EV_S_CRTM_VERSION in PCR 0.
+func specIDOnlyLog(oneEvent bool) []byte {
+	le := binary.LittleEndian
+	var spec []byte
+	spec = append(spec, "Spec ID Event03\x00"...)
+	spec = le.AppendUint32(spec, 0)
+	spec = append(spec, 0, 2, 0, 2)
+	spec = le.AppendUint32(spec, 1)
+	spec = le.AppendUint16(spec, 0x000b)
+	spec = le.AppendUint16(spec, 32)
+	spec = append(spec, 0)
+	var b []byte
+	b = le.AppendUint32(b, 0)
+	b = le.AppendUint32(b, 3) // EV_NO_ACTION
+	b = append(b, make([]byte, 20)...)
+	b = le.AppendUint32(b, uint32(len(spec)))
+	b = append(b, spec...)
+	if oneEvent {
+		data := []byte("v\x00")
+		d := sha256.Sum256(data)
+		b = le.AppendUint32(b, 0)
+		b = le.AppendUint32(b, 8) // EV_S_CRTM_VERSION
+		b = le.AppendUint32(b, 1)
+		b = le.AppendUint16(b, 0x000b)
+		b = append(b, d[:]...)
+		b = le.AppendUint32(b, uint32(len(data)))
+		b = append(b, data...)
+	}
+	return b
 }
 
 // mustOtherEK returns an EK public area from another TPM: the simulator
