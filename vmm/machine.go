@@ -99,13 +99,13 @@ type Machine struct {
 	// the vCPUs, VM and memory alone.
 	stuck bool
 
-	// Pausing: pausePending tells vCPU loops to park; pauseWanted and
-	// parked are guarded by pauseMu and signalled through pauseCond.
+	// Pausing: pausePending tells vCPU loops to park; pauseWanted,
+	// parked and resumeCh (closed by Resume) are guarded by pauseMu.
 	pausePending atomic.Bool
 	pauseMu      sync.Mutex
-	pauseCond    *sync.Cond
 	pauseWanted  bool
 	parked       int
+	resumeCh     chan struct{}
 	started      time.Time
 	cpus         int
 	memBytes     uint64
@@ -182,7 +182,6 @@ func New(cfg Config) (_ *Machine, err error) {
 	}
 
 	m := &Machine{log: log, ended: make(chan struct{}), cpus: cfg.CPUs, memBytes: cfg.MemoryBytes}
-	m.pauseCond = sync.NewCond(&m.pauseMu)
 	disks, err := openDisks(cfg.Disks, log)
 	if err != nil {
 		return nil, err
@@ -386,7 +385,7 @@ func (m *Machine) createVCPUs(n int) error {
 		if err != nil {
 			return err
 		}
-		v := &vcpu{id: i, cpu: c, m: m}
+		v := &vcpu{id: i, cpu: c, m: m, cmds: make(chan func()), wake: make(chan struct{}, 1)}
 		m.vcpus = append(m.vcpus, v)
 		if err := setupVCPU(c, guestCPUID(supported, i, n, deadline > 0)); err != nil {
 			return fmt.Errorf("set up vCPU %d: %w", i, err)
@@ -484,8 +483,11 @@ func (m *Machine) Pause(ctx context.Context) error {
 	default:
 	}
 	m.pauseMu.Lock()
-	m.pauseWanted = true
-	m.pausePending.Store(true)
+	if !m.pauseWanted {
+		m.pauseWanted = true
+		m.resumeCh = make(chan struct{})
+		m.pausePending.Store(true)
+	}
 	m.pauseMu.Unlock()
 	for _, v := range m.vcpus {
 		v.interrupt()
@@ -517,9 +519,11 @@ func (m *Machine) Resume() error {
 	default:
 	}
 	m.pauseMu.Lock()
-	m.pauseWanted = false
-	m.pausePending.Store(false)
-	m.pauseCond.Broadcast()
+	if m.pauseWanted {
+		m.pauseWanted = false
+		m.pausePending.Store(false)
+		close(m.resumeCh)
+	}
 	m.pauseMu.Unlock()
 	return nil
 }

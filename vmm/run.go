@@ -1,6 +1,7 @@
 package vmm
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"runtime"
@@ -20,6 +21,10 @@ type vcpu struct {
 	tid atomic.Int32
 	// stop asks the vCPU loop to return at its next exit.
 	stop atomic.Bool
+	// cmds carries work to the vCPU's thread while it is parked; wake
+	// tells a parked vCPU to look at stop.
+	cmds chan func()
+	wake chan struct{}
 	// exits counts exits handled in user space; written only by the vCPU
 	// thread, read after it stopped.
 	exits ExitCounts
@@ -56,22 +61,51 @@ func (v *vcpu) interrupt() {
 	}
 }
 
-// park holds the vCPU outside KVM_RUN while the machine is paused. On the
-// way out it tells the guest's kvmclock that the vCPU was stopped, so the
-// guest does not report a soft lockup for the pause.
+// park holds the vCPU outside KVM_RUN while the machine is paused, running
+// the commands sent to it (state capture and restore happen on the vCPU's
+// own thread). On the way out it tells the guest's kvmclock that the vCPU
+// was stopped, so the guest does not report a soft lockup for the pause.
 func (v *vcpu) park() {
 	m := v.m
 	m.pauseMu.Lock()
+	resume := m.resumeCh
 	m.parked++
-	m.pauseCond.Broadcast()
-	for m.pauseWanted && !v.stop.Load() {
-		m.pauseCond.Wait()
+	m.pauseMu.Unlock()
+wait:
+	for {
+		select {
+		case <-resume:
+			break wait
+		case f := <-v.cmds:
+			f()
+		case <-v.wake:
+			if v.stop.Load() {
+				break wait
+			}
+		}
 	}
+	m.pauseMu.Lock()
 	m.parked--
 	m.pauseMu.Unlock()
 	if err := v.cpu.KVMClockCtrl(); err != nil && !errors.Is(err, unix.EINVAL) {
 		// EINVAL: the guest has not enabled kvmclock on this vCPU.
 		m.log.Debug("KVM_KVMCLOCK_CTRL", "vcpu", v.id, "err", err)
+	}
+}
+
+// do runs f on the parked vCPU's thread and returns its error.
+func (v *vcpu) do(ctx context.Context, f func() error) error {
+	done := make(chan error, 1)
+	select {
+	case v.cmds <- func() { done <- f() }:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	select {
+	case err := <-done:
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
 	}
 }
 
@@ -81,9 +115,10 @@ func (v *vcpu) park() {
 func (v *vcpu) kick() {
 	v.stop.Store(true)
 	v.interrupt()
-	v.m.pauseMu.Lock()
-	v.m.pauseCond.Broadcast() // a parked vCPU sees stop
-	v.m.pauseMu.Unlock()
+	select {
+	case v.wake <- struct{}{}: // a parked vCPU sees stop
+	default:
+	}
 }
 
 // run is the vCPU thread. It owns every ioctl on the vCPU fd. It returns
