@@ -1,14 +1,18 @@
 package vmm
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
+	stdnet "net"
 	"os"
 
 	"github.com/gvmm/gvmm/kvm"
 	"github.com/gvmm/gvmm/virtio"
 	"github.com/gvmm/gvmm/virtio/blk"
+	"github.com/gvmm/gvmm/virtio/console"
+	virtionet "github.com/gvmm/gvmm/virtio/net"
 	"github.com/gvmm/gvmm/virtio/rng"
 	"golang.org/x/sys/unix"
 )
@@ -30,22 +34,110 @@ type virtioDevice struct {
 	notify []*os.File
 }
 
-// openDisks opens every disk image before anything else is built, so a
-// missing or unreadable image is reported as such, on any host.
-func openDisks(disks []DiskConfig, log *slog.Logger) ([]*blk.Device, error) {
-	var out []*blk.Device
-	for i, d := range disks {
+// NetConfig is a virtio-net device on a TAP interface: an existing TAP
+// named TAP, or one gvmm creates (and brings up, on Bridge if given).
+type NetConfig struct {
+	TAP    string
+	Bridge string
+	MAC    stdnet.HardwareAddr // nil: a random locally administered address
+}
+
+// pendingDevice is a device whose host side is open but which is not on
+// the PCI bus yet.
+type pendingDevice struct {
+	name    string
+	dev     virtio.Device
+	backend io.Closer
+}
+
+// openDevices opens every device's host side (disk images, TAPs, the
+// channel socket) before anything else is built, so a missing image, a
+// TAP name taken by another kind of link or a missing permission is
+// reported as such, on any host. On error nothing stays open.
+func openDevices(cfg *Config, log *slog.Logger) (devs []pendingDevice, err error) {
+	defer func() {
+		if err != nil {
+			closePending(devs)
+			devs = nil
+		}
+	}()
+	for i, d := range cfg.Disks {
 		dev, err := blk.Open(d.Path, blk.Options{ReadOnly: d.ReadOnly, Serial: fmt.Sprintf("gvmm-disk%d", i), Log: log})
 		if err != nil {
-			for _, o := range out {
-				o.Close()
-			}
-			return nil, fmt.Errorf("disk %s: %w", d.Path, err)
+			return devs, fmt.Errorf("disk %s: %w", d.Path, err)
 		}
-		out = append(out, dev)
+		devs = append(devs, pendingDevice{fmt.Sprintf("virtio-blk%d", i), dev, dev})
 	}
-	return out, nil
+	for i, n := range cfg.Nets {
+		tap, err := virtionet.OpenTAP(n.TAP, virtionet.TAPOptions{Bridge: n.Bridge})
+		if err != nil {
+			return devs, fmt.Errorf("net %s: %w", n.TAP, err)
+		}
+		dev, err := virtionet.New(tap, virtionet.Options{MAC: n.MAC, Log: log})
+		if err != nil { // New closed the TAP
+			return devs, fmt.Errorf("net %s: %w", n.TAP, err)
+		}
+		devs = append(devs, pendingDevice{fmt.Sprintf("virtio-net%d", i), dev, dev})
+	}
+	if cfg.Channel != "" {
+		dev, closer, err := openChannel(cfg.Channel, log)
+		if err != nil {
+			return devs, err
+		}
+		devs = append(devs, pendingDevice{"virtio-console", dev, closer})
+	}
+	devs = append(devs, pendingDevice{"virtio-rng", rng.New(nil), nil})
+	return devs, nil
 }
+
+func closePending(devs []pendingDevice) {
+	for _, d := range devs {
+		if d.backend != nil {
+			d.backend.Close()
+		}
+	}
+}
+
+// openChannel makes the host-guest channel: a virtio-console port (the
+// guest's /dev/hvc0) relayed to one connection at a time on a unix socket
+// at path (mode 0600). A stale socket there is replaced; any other file is
+// an error.
+func openChannel(path string, log *slog.Logger) (*console.Device, io.Closer, error) {
+	if fi, err := os.Lstat(path); err == nil {
+		if fi.Mode()&os.ModeSocket == 0 {
+			return nil, nil, fmt.Errorf("channel %s: a file that is not a socket is in the way", path)
+		}
+		if err := os.Remove(path); err != nil {
+			return nil, nil, fmt.Errorf("channel %s: remove stale socket: %w", path, err)
+		}
+	}
+	old := unix.Umask(0o177)
+	ln, err := stdnet.Listen("unix", path)
+	unix.Umask(old)
+	if err != nil {
+		return nil, nil, fmt.Errorf("channel: %w", err)
+	}
+	dev := console.New(console.Options{Log: log})
+	go func() {
+		for {
+			conn, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			log.Info("channel connected", "path", path)
+			<-dev.SetHost(conn)
+			log.Info("channel disconnected", "path", path)
+		}
+	}()
+	return dev, closerFunc(func() error {
+		err := ln.Close()
+		return errors.Join(err, dev.Close())
+	}), nil
+}
+
+type closerFunc func() error
+
+func (f closerFunc) Close() error { return f() }
 
 // addVirtio wraps dev in a virtio-pci function, gives it the next BAR
 // window of the PCI memory hole and a slot on bus 0.
@@ -107,19 +199,17 @@ func forwardNotify(f *os.File, p *virtio.PCI, q int) {
 	}
 }
 
-// wireVirtio attaches the disks and an entropy device. It owns disks: each
-// is either wired (and closed with the machine) or closed here.
-func (m *Machine) wireVirtio(disks []*blk.Device) error {
+// wireVirtio puts the opened devices on the PCI bus. It owns devs: each is
+// either wired (and closed with the machine) or closed here.
+func (m *Machine) wireVirtio(devs []pendingDevice) error {
 	m.msi = newMSIRouter(m.vm, m.log)
-	for i, d := range disks {
-		if err := m.addVirtio(fmt.Sprintf("virtio-blk%d", i), d, d); err != nil {
-			for _, rest := range disks[i:] {
-				rest.Close()
-			}
+	for i, d := range devs {
+		if err := m.addVirtio(d.name, d.dev, d.backend); err != nil {
+			closePending(devs[i:])
 			return err
 		}
 	}
-	return m.addVirtio("virtio-rng", rng.New(nil), nil)
+	return nil
 }
 
 // mmio dispatches an MMIO exit to the virtio function whose BAR holds

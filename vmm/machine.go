@@ -31,6 +31,11 @@ type Config struct {
 	Console io.Writer
 	// Disks are virtio-blk disks, in the order the guest sees them.
 	Disks []DiskConfig
+	// Nets are virtio-net devices on TAP interfaces.
+	Nets []NetConfig
+	// Channel, when set, is a unix socket path relayed to a
+	// virtio-console port (the guest's /dev/hvc0).
+	Channel string
 	// KVMPath is the KVM device; empty means /dev/kvm.
 	KVMPath string
 	// Log receives diagnostics; nil discards them.
@@ -182,17 +187,15 @@ func New(cfg Config) (_ *Machine, err error) {
 	}
 
 	m := &Machine{log: log, ended: make(chan struct{}), cpus: cfg.CPUs, memBytes: cfg.MemoryBytes}
-	disks, err := openDisks(cfg.Disks, log)
+	devs, err := openDevices(&cfg, log)
 	if err != nil {
 		return nil, err
 	}
-	disksOwned := false // until wireVirtio takes them
+	devsOwned := false // until wireVirtio takes them
 	defer func() {
 		if err != nil {
-			if !disksOwned {
-				for _, d := range disks {
-					d.Close()
-				}
+			if !devsOwned {
+				closePending(devs)
 			}
 			m.Close()
 		}
@@ -241,8 +244,8 @@ func New(cfg Config) (_ *Machine, err error) {
 		return nil, err
 	}
 	m.wireDevices(cfg.Console)
-	disksOwned = true
-	if err := m.wireVirtio(disks); err != nil {
+	devsOwned = true
+	if err := m.wireVirtio(devs); err != nil {
 		return nil, err
 	}
 	if err := m.createVCPUs(cfg.CPUs); err != nil {

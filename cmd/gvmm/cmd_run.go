@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"sort"
 	"strconv"
@@ -16,7 +17,8 @@ import (
 	"github.com/gvmm/gvmm/vmm"
 )
 
-const runSynopsis = `--kernel PATH [--initrd PATH] [--cmdline STRING] [--memory SIZE] [--cpus N] [--disk PATH[,readonly]]...
+const runSynopsis = `--kernel PATH [--initrd PATH] [--cmdline STRING] [--memory SIZE] [--cpus N]
+         [--disk PATH[,readonly]]... [--net tap=NAME[,bridge=BR][,mac=MAC]]... [--channel PATH]
 
 Boots a Linux bzImage on KVM. The guest's first serial port (ttyS0) is
 connected to this terminal: when standard input is a terminal it is put in
@@ -26,8 +28,12 @@ or reboots, and non-zero with a message naming the cause when the guest or
 KVM fails (triple fault, emulation failure, failed VM entry).
 
 Devices: each --disk is a virtio-blk disk (the guest sees /dev/vda, /dev/vdb,
-... in order), and a virtio-rng entropy device is always present. The guest
-kernel needs the virtio_pci, virtio_blk and virtio-rng drivers.`
+... in order); each --net is a virtio-net device on a TAP interface, which
+gvmm creates and brings up (on a bridge if given) unless a TAP of that name
+exists; --channel PATH relays a unix socket to a virtio-console port (the
+guest's /dev/hvc0), one connection at a time; a virtio-rng entropy device is
+always present. The guest kernel needs the virtio_pci driver and those of
+the devices (virtio_blk, virtio_net, virtio_console, virtio-rng).`
 
 const defaultCmdline = "console=ttyS0"
 
@@ -42,6 +48,9 @@ func runCmd(ctx context.Context, e *env, args []string) error {
 	kvmPath := fs.String("kvm", "/dev/kvm", "KVM device `path`")
 	var disks diskFlags
 	fs.Var(&disks, "disk", "raw disk image `PATH[,readonly]` for a virtio-blk disk (repeatable)")
+	var nets netFlags
+	fs.Var(&nets, "net", "virtio-net on a TAP: `tap=NAME[,bridge=BR][,mac=MAC]` (repeatable)")
+	channel := fs.String("channel", "", "host-guest channel: a unix socket at `path` relayed to the guest's /dev/hvc0")
 	apiSocket := fs.String("api-socket", "", "serve the control API (status, pause, resume) on a unix socket at `path`")
 	stats := fs.Bool("stats", false, "print gvmm's run time and memory use (peak RSS, guest RAM touched, overhead) on stderr at exit")
 	if err := parseFlags(fs, args); err != nil {
@@ -64,6 +73,8 @@ func runCmd(ctx context.Context, e *env, args []string) error {
 		MemoryBytes: (mem + 4095) &^ 4095,
 		CPUs:        *cpus,
 		Disks:       disks,
+		Nets:        nets,
+		Channel:     *channel,
 		Console:     e.stdout,
 		KVMPath:     *kvmPath,
 		Log:         e.log,
@@ -344,5 +355,42 @@ func (d *diskFlags) Set(v string) error {
 		}
 	}
 	*d = append(*d, disk)
+	return nil
+}
+
+// netFlags collects --net tap=NAME[,bridge=BR][,mac=MAC] values.
+type netFlags []vmm.NetConfig
+
+func (n *netFlags) String() string { return fmt.Sprint(*n) }
+
+func (n *netFlags) Set(v string) error {
+	var c vmm.NetConfig
+	for _, kv := range strings.Split(v, ",") {
+		k, val, ok := strings.Cut(kv, "=")
+		if !ok || val == "" {
+			return fmt.Errorf("%q is not key=value (want tap=NAME[,bridge=BR][,mac=MAC])", kv)
+		}
+		switch k {
+		case "tap":
+			c.TAP = val
+		case "bridge":
+			c.Bridge = val
+		case "mac":
+			mac, err := net.ParseMAC(val)
+			if err != nil || len(mac) != 6 {
+				return fmt.Errorf("mac %q is not a 6-byte MAC address", val)
+			}
+			if mac[0]&1 != 0 {
+				return fmt.Errorf("mac %s is a multicast address", val)
+			}
+			c.MAC = mac
+		default:
+			return fmt.Errorf("unknown net option %q (want tap, bridge, mac)", k)
+		}
+	}
+	if c.TAP == "" {
+		return errors.New("missing tap=NAME")
+	}
+	*n = append(*n, c)
 	return nil
 }

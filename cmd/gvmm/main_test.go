@@ -32,7 +32,7 @@ func TestHelp(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("gvmm run --help: status %d", code)
 	}
-	for _, flag := range []string{"-kernel", "-initrd", "-cmdline", "-memory", "-cpus", "-on-reboot", "-disk", "Ctrl-A x"} {
+	for _, flag := range []string{"-kernel", "-initrd", "-cmdline", "-memory", "-cpus", "-on-reboot", "-disk", "-net", "-channel", "-api-socket", "Ctrl-A x"} {
 		if !strings.Contains(out, flag) {
 			t.Errorf("gvmm run --help does not explain %s:\n%s", flag, out)
 		}
@@ -93,6 +93,13 @@ func TestRunBadInput(t *testing.T) {
 		{"missing disk", []string{"run", "--kernel", good, "--disk", filepath.Join(dir, "no-disk.img"), "--kvm", filepath.Join(dir, "no-kvm")}, "no-disk.img"},
 		{"bad disk option", []string{"run", "--kernel", good, "--disk", good + ",fast"}, "unknown disk option"},
 		{"empty disk path", []string{"run", "--kernel", good, "--disk", ",readonly"}, "empty disk path"},
+		{"net without tap", []string{"run", "--kernel", good, "--net", "bridge=br0"}, "missing tap=NAME"},
+		{"net bad option", []string{"run", "--kernel", good, "--net", "tap=t0,speed=fast"}, "unknown net option"},
+		{"net bad mac", []string{"run", "--kernel", good, "--net", "tap=t0,mac=zz"}, "not a 6-byte MAC"},
+		{"net multicast mac", []string{"run", "--kernel", good, "--net", "tap=t0,mac=01:00:5e:00:00:01"}, "multicast"},
+		{"net not key=value", []string{"run", "--kernel", good, "--net", "t0"}, "not key=value"},
+		{"net name taken by another link", []string{"run", "--kernel", good, "--net", "tap=lo", "--kvm", filepath.Join(dir, "no-kvm")}, "lo"},
+		{"channel path is a file", []string{"run", "--kernel", good, "--channel", good, "--kvm", filepath.Join(dir, "no-kvm")}, "not a socket"},
 		{"unknown command", []string{"fly"}, "unknown command"},
 	}
 	for _, tt := range tests {
