@@ -105,26 +105,6 @@ func (v *Verifier) Host(hostID string) (*EnrolledHost, bool) {
 	return h, ok
 }
 
-// AddHost records a host enrolled earlier (for example loaded from the
-// verifier's own database). Its EK and AK are checked again and its trust
-// level is recomputed as TrustSoftware: a stored claim never raises it.
-func (v *Verifier) AddHost(h EnrolledHost) error {
-	h.Trust = TrustSoftware
-	if _, err := checkEK(h.EKPublic); err != nil {
-		return err
-	}
-	_, ak, err := checkAK(h.AKPublic)
-	if err != nil {
-		return err
-	}
-	h.HostID = HostIDFromEK(h.EKPublic)
-	h.ak = ak
-	v.mu.Lock()
-	defer v.mu.Unlock()
-	v.hosts[h.HostID] = &h
-	return nil
-}
-
 // ExpectNonce registers a nonce issued outside this Verifier (for example
 // by an operator running "gvmm verify" once per challenge). It is then
 // single-use and expires like one from Challenge. The caller is
