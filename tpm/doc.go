@@ -31,6 +31,12 @@
 //     level, another AK or another host does not load, and each challenge
 //     is removed by the first answer, right or wrong. Loading a record
 //     never raises its level.
+//   - Remote attestation (attest.go, verifier.go): single-use expiring nonces,
+//     quotes whose extra data binds nonce, migration id, host id and the
+//     ephemeral key that will receive secrets, and a verifier that checks all
+//     of it itself.
+//   - Key release (release.go): a secret wrapped to an attested TPM's EK
+//     under a PCR policy (TPM2_Import), or ECDH to the quoted ephemeral key.
 //
 // Trust levels are computed by the verifier from what it checked:
 //
@@ -57,17 +63,11 @@
 //     its hash (separators, S-CRTM version, EFI actions, Secure Boot
 //     configuration, GPT), and golden values should name PCRs or digests,
 //     not descriptions.
-
+//
 // swtpm 0.7.1's swtpm_setup certifies an RSA-2048 EK (0x01c00002) and an
 // ECC P-384 EK (0x01c00016), not the P-256 EK gvmm uses: such a swtpm has
 // no gvmm-usable EK certificate unless one is provisioned at 0x01c0000a
 // (the tests do that with swtpm_localca).
-//   - Remote attestation (attest.go, verify.go): single-use expiring nonces,
-//     quotes whose extra data binds nonce, migration id, host id and the
-//     ephemeral key that will receive secrets, and a verifier that checks all
-//     of it itself.
-//   - Key release (release.go): a secret wrapped to an attested TPM's EK
-//     under a PCR policy (TPM2_Import), or ECDH to the quoted ephemeral key.
 //
 // What it protects against: a host that lies about what it runs (the
 // verifier trusts only TPM-signed quotes from an AK it enrolled itself and
