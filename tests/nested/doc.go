@@ -28,7 +28,8 @@
 // its second serial port, which QEMU writes to a file; under this emulation
 // L1 now and then wedges with both vCPUs spinning and no timer firing,
 // which stops the heartbeat too. Neither output nor heartbeat for -silence
-// means such a wedge: the harness kills QEMU, says so, and retries the whole
+// (L1's soft-lockup and RCU stall reports, which a wedged L1 may go on
+// printing, do not count as output) means such a wedge: the harness kills QEMU, says so, and retries the whole
 // L1 run once.
 //
 // GVMM_NESTED=force takes the nested path even with /dev/kvm (to test the
@@ -44,7 +45,10 @@
 //
 // The guest image is Debian's kernel and an initramfs written here (newc
 // cpio, gzip) holding busybox-static, tests/guest/init as /init, the shell
-// functions in tests/guest/shrc, and the static agent from tests/guest/agent.
+// functions in tests/guest/shrc, the static agent from tests/guest/agent,
+// and the kernel package's virtio modules (and ext4, loaded on demand), in
+// the load order their .modinfo depends= fields give (modules.go;
+// tests/guest/modules loads them).
 //
 // testdata/selftest checks the harness itself without gvmm:
 //

@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"regexp"
 	"strings"
 	"sync/atomic"
 	"syscall"
@@ -62,7 +63,8 @@ const killGrace = 10 * time.Second
 // to show it. The whole group (a test binary and the gvmm processes it
 // started, say) is killed when ctx ends, after timeout, or after silence:
 // no byte of output and no sign of life from alive (if not nil) for that
-// long (0 disables the watchdog).
+// long (0 disables the watchdog); kernel stall reports (stallReport) do not
+// count as output.
 func stream(ctx context.Context, p *progress, cmd *exec.Cmd, timeout, silence time.Duration, alive func() time.Time, line func(string) (show bool)) streamOutcome {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
@@ -87,8 +89,14 @@ func stream(ctx context.Context, p *progress, cmd *exec.Cmd, timeout, silence ti
 	go func() {
 		defer close(lines)
 		r := bufio.NewReaderSize(&activityReader{r: pr, last: &last}, 64<<10)
+		lastReal := last.Load() // the latest line that was not a stall report
 		for {
 			s, err := r.ReadString('\n')
+			if stallReport.MatchString(s) {
+				last.Store(lastReal)
+			} else if s != "" {
+				lastReal = last.Load()
+			}
 			if s != "" {
 				select {
 				case lines <- strings.TrimRight(s, "\r\n"):
@@ -148,6 +156,12 @@ loop:
 	out.err = cmd.Wait()
 	return out
 }
+
+// stallReport matches the lines a wedged kernel still prints (with "quiet",
+// only their first line): L1's soft-lockup watchdog and RCU stall reports.
+// They keep coming while both vCPUs spin, so for the silence watchdog they
+// are no sign of progress.
+var stallReport = regexp.MustCompile(`watchdog: BUG: soft lockup|rcu: INFO: \w+ (self-)?detected stall`)
 
 // activityReader records when data last came through.
 type activityReader struct {
