@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"regexp"
 	"strconv"
 	"strings"
 
@@ -34,7 +35,16 @@ type pkgResult struct {
 	rc      int      // exit status of the test binary
 	skipped []string // tests that printed "--- SKIP: name"
 	failed  []string // tests that printed "--- FAIL: name"
+	// running is the top-level test whose output is going by.
+	running string
+	// tripleFault holds the top-level tests in whose output gvmm reported
+	// a guest triple fault: the known, rare instability of L2 guests under
+	// nested KVM on TCG (see retryTripleFaults).
+	tripleFault map[string]bool
 }
+
+// tripleFaultSignature is what gvmm prints when a guest triple-faults.
+const tripleFaultSignature = "triple fault (KVM_EXIT_SHUTDOWN) without a reset request"
 
 // verdict says whether the package passed and, if not, why.
 func (r *pkgResult) verdict() (ok bool, why string) {
@@ -102,6 +112,15 @@ func (p *consoleParser) Line(line string) {
 	}
 	if p.cur == nil {
 		return
+	}
+	if rest, ok := strings.CutPrefix(t, "=== RUN "); ok {
+		p.cur.running, _, _ = strings.Cut(strings.TrimSpace(rest), "/")
+	}
+	if strings.Contains(t, tripleFaultSignature) && p.cur.running != "" {
+		if p.cur.tripleFault == nil {
+			p.cur.tripleFault = map[string]bool{}
+		}
+		p.cur.tripleFault[p.cur.running] = true
 	}
 	// go test -v prints "--- SKIP: TestX (0.00s)", indented for subtests.
 	for _, kind := range []struct {
@@ -218,4 +237,27 @@ func summarize(p *consoleParser, pkgs []string) (lines []string, passed, failed 
 		lines = append(lines, "FAIL "+why)
 	}
 	return lines, passed, failed
+}
+
+// retryable returns, for a package whose every failed top-level test
+// showed a guest triple fault in its own output, the -test.run pattern
+// that reruns just those tests; "" otherwise (any other failure is real).
+func (r *pkgResult) retryable() string {
+	if !r.ended || r.rc == 0 || len(r.failed) == 0 || len(r.skipped) > 0 {
+		return ""
+	}
+	var top []string
+	for _, name := range r.failed {
+		if strings.Contains(name, "/") {
+			continue
+		}
+		if !r.tripleFault[name] {
+			return ""
+		}
+		top = append(top, regexp.QuoteMeta(name))
+	}
+	if len(top) == 0 {
+		return ""
+	}
+	return "^(" + strings.Join(top, "|") + ")$"
 }

@@ -184,3 +184,67 @@ func TestBenchMarkerPrefix(t *testing.T) {
 		t.Fatalf("bootbench's result prefix %q does not start with %q", markerBenchResult, markerPrefix)
 	}
 }
+
+func TestRetryable(t *testing.T) {
+	tests := []struct {
+		name  string
+		lines []string
+		want  string
+	}{
+		{"triple fault in one test", []string{
+			"=== GVMM-NESTED BEGIN ./tests/integration",
+			"=== RUN   TestVirtioRNG",
+			"    gvmm run: vCPU 0: " + tripleFaultSignature,
+			"--- FAIL: TestVirtioRNG (12.70s)",
+			"=== GVMM-NESTED END ./tests/integration rc=1",
+		}, "^(TestVirtioRNG)$"},
+		{"subtests: top-level name only", []string{
+			"=== GVMM-NESTED BEGIN ./tests/integration",
+			"=== RUN   TestBootLinux",
+			"=== RUN   TestBootLinux/2cpu-reboot",
+			"        gvmm run: vCPU 0: " + tripleFaultSignature,
+			"    --- FAIL: TestBootLinux/2cpu-reboot (16.32s)",
+			"--- FAIL: TestBootLinux (34.99s)",
+			"=== GVMM-NESTED END ./tests/integration rc=1",
+		}, "^(TestBootLinux)$"},
+		{"failure without a triple fault", []string{
+			"=== GVMM-NESTED BEGIN ./tests/integration",
+			"--- FAIL: TestVirtioBlk (1.00s)",
+			"=== GVMM-NESTED END ./tests/integration rc=1",
+		}, ""},
+		{"expected triple fault in a passing test, real failure elsewhere", []string{
+			"=== GVMM-NESTED BEGIN ./tests/integration",
+			"=== RUN   TestGuestFailures",
+			"    guest_test.go:332: gvmm said: gvmm run: vCPU 0: " + tripleFaultSignature,
+			"--- PASS: TestGuestFailures (0.49s)",
+			"=== RUN   TestVirtioBlk",
+			"--- FAIL: TestVirtioBlk (1.00s)",
+			"=== GVMM-NESTED END ./tests/integration rc=1",
+		}, ""},
+		{"two triple faults", []string{
+			"=== GVMM-NESTED BEGIN ./tests/integration",
+			"=== RUN   TestA",
+			"gvmm run: vCPU 1: " + tripleFaultSignature,
+			"--- FAIL: TestA (1.00s)",
+			"=== RUN   TestB",
+			"gvmm run: vCPU 0: " + tripleFaultSignature,
+			"--- FAIL: TestB (1.00s)",
+			"=== GVMM-NESTED END ./tests/integration rc=1",
+		}, "^(TestA|TestB)$"},
+		{"did not finish", []string{
+			"=== GVMM-NESTED BEGIN ./tests/integration",
+			"=== RUN   TestX",
+			"    gvmm run: vCPU 0: " + tripleFaultSignature,
+			"--- FAIL: TestX (1.00s)",
+		}, ""},
+	}
+	for _, tt := range tests {
+		p := newConsoleParser()
+		for _, l := range tt.lines {
+			p.Line(l)
+		}
+		if got := p.result("./tests/integration").retryable(); got != tt.want {
+			t.Errorf("%s: retryable = %q, want %q", tt.name, got, tt.want)
+		}
+	}
+}
