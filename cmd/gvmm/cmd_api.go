@@ -9,8 +9,8 @@ import (
 	"github.com/gvmm/gvmm/vmm"
 )
 
-// machineHolder is the API's view of whichever machine gvmm run is running
-// now (a guest reboot with --on-reboot restart replaces it).
+// machineHolder is the API's view of the machine gvmm run is running: none
+// while it is being built and after it ended.
 type machineHolder struct {
 	mu sync.Mutex
 	m  *vmm.Machine

@@ -15,6 +15,7 @@ import (
 	"github.com/gvmm/gvmm/api"
 	"github.com/gvmm/gvmm/kvm"
 	"github.com/gvmm/gvmm/vmm"
+	"golang.org/x/sys/unix"
 )
 
 const runSynopsis = `--kernel PATH [--initrd PATH] [--cmdline STRING] [--memory SIZE] [--cpus N]
@@ -110,40 +111,37 @@ func runCmd(ctx context.Context, e *env, args []string) error {
 		}()
 	}
 
-	for {
-		m, err := vmm.New(cfg)
-		if err != nil {
-			return explainNewError(err)
-		}
-		holder.set(m)
-		start := time.Now()
-		reason, err := runMachine(ctx, m, con)
-		holder.set(nil)
-		if *stats {
-			printStats(e.stderr, m, time.Since(start))
-		}
-		m.Close()
-		if err != nil {
-			return err
-		}
-		switch reason {
-		case vmm.ExitReboot:
-			if *onReboot == "restart" {
-				e.log.Info("guest rebooted; restarting it")
-				continue
-			}
-			e.log.Info("guest rebooted")
-			return nil
-		case vmm.ExitPowerOff:
-			e.log.Info("guest powered off")
-			return nil
-		default:
-			if con.escaped() {
-				return nil
-			}
-			return &exitError{code: 130, msg: "interrupted"}
-		}
+	m, err := vmm.New(cfg)
+	if err != nil {
+		return explainNewError(err)
 	}
+	holder.set(m)
+	start := time.Now()
+	reason, err := runMachine(ctx, m, con)
+	holder.set(nil)
+	if *stats {
+		printStats(e.stderr, m, time.Since(start))
+	}
+	m.Close()
+	if err != nil {
+		return err
+	}
+	switch reason {
+	case vmm.ExitReboot:
+		if *onReboot == "restart" {
+			e.log.Info("guest rebooted; restarting it")
+			return restartSelf(con)
+		}
+		e.log.Info("guest rebooted")
+		return nil
+	case vmm.ExitPowerOff:
+		e.log.Info("guest powered off")
+		return nil
+	}
+	if con.escaped() {
+		return nil
+	}
+	return &exitError{code: 130, msg: "interrupted"}
 }
 
 // runMachine runs m with the console attached until it ends.
@@ -392,5 +390,24 @@ func (n *netFlags) Set(v string) error {
 		return errors.New("missing tap=NAME")
 	}
 	*n = append(*n, c)
+	return nil
+}
+
+// restartSelf boots the guest again by executing gvmm anew with the same
+// arguments: every VM starts in a fresh process. (Building a second VM in
+// the process that destroyed the first crashed the nested L1 kernel twice
+// in a row here, "corrupted stack end" in a gvmm thread, while every fresh
+// process ran clean; a new process also starts from a clean slate for
+// TAPs, sockets and memory.) The console's terminal settings are restored
+// first; standard input and output carry over. It returns only on error.
+func restartSelf(con *console) error {
+	exe, err := os.Executable()
+	if err != nil {
+		return fmt.Errorf("restart: find own executable: %w", err)
+	}
+	con.restore()
+	if err := unix.Exec(exe, os.Args, os.Environ()); err != nil {
+		return fmt.Errorf("restart: exec %s: %w", exe, err)
+	}
 	return nil
 }
