@@ -38,13 +38,18 @@ type pkgResult struct {
 	// running is the top-level test whose output is going by.
 	running string
 	// tripleFault holds the top-level tests in whose output gvmm reported
-	// a guest triple fault: the known, rare instability of L2 guests under
-	// nested KVM on TCG (see retryTripleFaults).
+	// a guest triple fault, or the test saw the guest stall: the known,
+	// rare instabilities of L2 guests under nested KVM on TCG (see
+	// retryTripleFaults).
 	tripleFault map[string]bool
 }
 
 // tripleFaultSignature is what gvmm prints when a guest triple-faults.
 const tripleFaultSignature = "triple fault (KVM_EXIT_SHUTDOWN) without a reset request"
+
+// stallSignature is what the integration tests print when a guest stopped
+// making progress on its console (tests/integration, vm.waitFor).
+const stallSignature = "console did not show "
 
 // verdict says whether the package passed and, if not, why.
 func (r *pkgResult) verdict() (ok bool, why string) {
@@ -116,7 +121,7 @@ func (p *consoleParser) Line(line string) {
 	if rest, ok := strings.CutPrefix(t, "=== RUN "); ok {
 		p.cur.running, _, _ = strings.Cut(strings.TrimSpace(rest), "/")
 	}
-	if strings.Contains(t, tripleFaultSignature) && p.cur.running != "" {
+	if (strings.Contains(t, tripleFaultSignature) || strings.Contains(t, stallSignature)) && p.cur.running != "" {
 		if p.cur.tripleFault == nil {
 			p.cur.tripleFault = map[string]bool{}
 		}
@@ -240,7 +245,7 @@ func summarize(p *consoleParser, pkgs []string) (lines []string, passed, failed 
 }
 
 // retryable returns, for a package whose every failed top-level test
-// showed a guest triple fault in its own output, the -test.run pattern
+// showed a guest triple fault or stall in its own output, the -test.run pattern
 // that reruns just those tests; "" otherwise (any other failure is real).
 func (r *pkgResult) retryable() string {
 	if !r.ended || r.rc == 0 || len(r.failed) == 0 || len(r.skipped) > 0 {

@@ -231,6 +231,13 @@ func TestRetryable(t *testing.T) {
 			"--- FAIL: TestB (1.00s)",
 			"=== GVMM-NESTED END ./tests/integration rc=1",
 		}, "^(TestA|TestB)$"},
+		{"guest stalled", []string{
+			"=== GVMM-NESTED BEGIN ./tests/integration",
+			"=== RUN   TestRebootRestart",
+			`    guest_test.go:289: console did not show "gvmm-guest: userspace up" within 4m0s`,
+			"--- FAIL: TestRebootRestart (240.19s)",
+			"=== GVMM-NESTED END ./tests/integration rc=1",
+		}, "^(TestRebootRestart)$"},
 		{"did not finish", []string{
 			"=== GVMM-NESTED BEGIN ./tests/integration",
 			"=== RUN   TestX",
