@@ -98,7 +98,7 @@ func TestRunBadInput(t *testing.T) {
 		{"net bad mac", []string{"run", "--kernel", good, "--net", "tap=t0,mac=zz"}, "not a 6-byte MAC"},
 		{"net multicast mac", []string{"run", "--kernel", good, "--net", "tap=t0,mac=01:00:5e:00:00:01"}, "multicast"},
 		{"net not key=value", []string{"run", "--kernel", good, "--net", "t0"}, "not key=value"},
-		{"net name taken by another link", []string{"run", "--kernel", good, "--net", "tap=lo", "--kvm", filepath.Join(dir, "no-kvm")}, "lo"},
+		{"net name taken by another link", []string{"run", "--kernel", good, "--net", "tap=lo", "--kvm", filepath.Join(dir, "no-kvm")}, "not a TAP"},
 		{"channel path is a file", []string{"run", "--kernel", good, "--channel", good, "--kvm", filepath.Join(dir, "no-kvm")}, "not a socket"},
 		{"unknown command", []string{"fly"}, "unknown command"},
 	}
