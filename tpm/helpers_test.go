@@ -63,9 +63,48 @@ func swtpmAvailable(t testing.TB) bool {
 	return true
 }
 
-// startSwtpm starts a fresh swtpm on loopback TCP and returns its URI.
-// The process is killed when the test ends.
+// startSwtpm starts a fresh swtpm on a unix socket in stateDir and returns
+// its URI. The process is killed when the test ends. Unix sockets, unlike
+// loopback ports picked in advance, cannot collide with a swtpm another
+// test package starts at the same moment (which once made two tests share
+// one TPM); startSwtpmTCP covers the TCP transport.
 func startSwtpm(t testing.TB, stateDir string) string {
+	t.Helper()
+	sock := filepath.Join(stateDir, "swtpm.sock")
+	cmd := exec.Command("swtpm", "socket", "--tpm2",
+		"--tpmstate", "dir="+stateDir,
+		"--server", "type=unixio,path="+sock,
+		"--ctrl", "type=unixio,path="+sock+".ctrl",
+		"--flags", "not-need-init,startup-clear")
+	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("start swtpm: %v", err)
+	}
+	exited := make(chan struct{})
+	go func() { cmd.Wait(); close(exited) }()
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		<-exited
+	})
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		select {
+		case <-exited:
+			t.Fatalf("swtpm exited at start-up")
+		default:
+		}
+		if c, err := net.Dial("unix", sock); err == nil {
+			c.Close()
+			return "swtpm+unix://" + sock
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Fatalf("swtpm did not start within 10 s")
+	return ""
+}
+
+// startSwtpmTCP starts a fresh swtpm on loopback TCP and returns its URI.
+func startSwtpmTCP(t testing.TB, stateDir string) string {
 	t.Helper()
 	for attempt := 0; attempt < 5; attempt++ {
 		port := freePortPair(t)

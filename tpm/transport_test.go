@@ -47,6 +47,24 @@ func TestParseURI(t *testing.T) {
 	}
 }
 
+// TestSwtpmTCP runs a quote round over swtpm's TCP data channel (the
+// other swtpm tests use unix sockets).
+func TestSwtpmTCP(t *testing.T) {
+	if !swtpmAvailable(t) {
+		t.Skip("swtpm not installed")
+	}
+	uri := startSwtpmTCP(t, t.TempDir())
+	tp, err := OpenURI(context.Background(), uri, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tp.Close()
+	h := newHost(t, tp)
+	if _, err := h.verify(h.evidence(t)); err != nil {
+		t.Fatalf("verify over TCP: %v", err)
+	}
+}
+
 // TestSwtpmUnixSocket runs a quote round over swtpm's unix-socket data
 // channel.
 func TestSwtpmUnixSocket(t *testing.T) {
