@@ -104,7 +104,9 @@ type deadliner interface {
 
 // Accept accepts the connections of one stream from ln: the first one's
 // header tells how many follow. It returns a receiver over them and the
-// connections, which the caller closes after Run (and Acknowledge).
+// connections ordered by connection index (conns[0] is the source's
+// connection 0, the one to Acknowledge over, whatever order they were
+// accepted in), which the caller closes after Run (and Acknowledge).
 func Accept(ctx context.Context, ln net.Listener, key []byte, mem Memory, opts ReceiverOptions) (*Receiver, []net.Conn, error) {
 	if d, ok := ln.(deadliner); ok {
 		stop := context.AfterFunc(ctx, func() { _ = d.SetDeadline(time.Unix(1, 0)) })
@@ -139,6 +141,22 @@ func Accept(ctx context.Context, ln net.Listener, key []byte, mem Memory, opts R
 		hdrs = append(hdrs, b)
 		want = int(h.ConnCount)
 	}
+	// Order the connections by index: the caller acknowledges over
+	// conns[0], which must be the source's connection 0 whatever order the
+	// connections were accepted in.
+	byIdx := make([]net.Conn, want)
+	hdrByIdx := make([][]byte, want)
+	for i, b := range hdrs {
+		h, err := parseHeader(b, &opts.Limits)
+		if err != nil {
+			return fail(err)
+		}
+		if int(h.ConnCount) != want || byIdx[h.ConnIndex] != nil {
+			return fail(fmt.Errorf("%w: connection %d of %d appears twice or counts differ", ErrHeader, h.ConnIndex, h.ConnCount))
+		}
+		byIdx[h.ConnIndex], hdrByIdx[h.ConnIndex] = conns[i], b
+	}
+	conns, hdrs = byIdx, hdrByIdx
 	readers := make([]io.Reader, len(conns))
 	for i, c := range conns {
 		readers[i] = c

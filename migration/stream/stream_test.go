@@ -444,3 +444,54 @@ func ExampleSender() {
 	// <nil> <nil>
 	// 1 63 hello
 }
+
+// TestAcceptOrdersConnections dials the connections in the reverse of
+// their index order: Accept must still return the source's connection 0
+// first, the one the acknowledgement travels back on.
+func TestAcceptOrdersConnections(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	guest := genGuest(64*PageSize, 3, true)
+	mem := newMemSink(len(guest))
+	type out struct {
+		r     *Receiver
+		conns []net.Conn
+		err   error
+	}
+	done := make(chan out, 1)
+	go func() {
+		r, conns, err := Accept(ctx, ln, testKey, mem, ReceiverOptions{})
+		if err == nil {
+			_, err = r.Run(ctx)
+		}
+		done <- out{r, conns, err}
+	}()
+	const n = 3
+	ws := make([]net.Conn, n)
+	for i := n - 1; i >= 0; i-- { // connection 2 reaches Accept first
+		c, err := net.Dial("tcp", ln.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		ws[i] = c
+	}
+	writers := make([]io.Writer, n)
+	for i, c := range ws {
+		writers[i] = c
+	}
+	s, _, _ := scenario(t, writers, Options{}, guest)
+	o := <-done
+	if o.err != nil {
+		t.Fatalf("receive: %v", o.err)
+	}
+	go func() { _ = o.r.Acknowledge(ctx, o.conns[0]) }()
+	if err := s.AwaitAck(ctx, ws[0]); err != nil {
+		t.Fatalf("await ack on connection 0: %v", err)
+	}
+}
