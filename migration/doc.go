@@ -1,17 +1,72 @@
-// Package migration is the root of gvmm's live-migration package family.
-//
-// The family is layered so that dependencies point one way:
+// Package migration is gvmm's live migration: the pre-copy engine (Migrate
+// on the source, Receive on the destination) over the encrypted
+// multi-connection wire format of migration/stream, and the root of the
+// package family:
 //
 //   - migration/stream is a leaf (standard library and
-//     github.com/klauspost/compress only). It moves guest pages, device and
-//     vCPU state blobs and a CPU compatibility record from a source to a
-//     destination over one or more byte streams, with zero-page runs,
-//     adaptive zstd compression, AES-256-GCM on every record, sequence
-//     numbers, per-pass ordering and a final authenticated manifest. It knows
-//     nothing about KVM, vCPUs or devices: state blobs are opaque bytes keyed
-//     by stable component ids such as "vcpu/0".
+//     github.com/klauspost/compress only). It moves guest pages, state
+//     blobs and a CPU compatibility record over one or more connections,
+//     with zero-page runs, adaptive zstd, AES-256-GCM on every record,
+//     per-pass ordering and a final authenticated manifest.
+//   - migration (this package) drives a running machine through the
+//     Source and Destination interfaces and decides when to switch over.
+//   - migration/snapshot is the versioned snapshot file (gvmm snapshot
+//     --to FILE, gvmm run --restore FILE), sharing Region and Component.
 //
-// Higher layers (the pre-copy loop, dirty tracking, switchover policy) drive
-// small interfaces that the machine implements; they do not import vmm, and
-// vmm does not import them. cmd/gvmm is where everything meets.
+// Imports point one way: snapshot → migration → stream. None of them
+// imports vmm or kvm; the machine implements Source and Destination, and
+// cmd/gvmm wires both (var _ migration.Source = (*vmm.Machine)(nil)).
+//
+// # Pre-copy
+//
+// Migrate sends every page once (pass 0; zero pages cost a few bytes),
+// then, pass after pass, the pages the dirty log reports as written during
+// the previous pass. After each pass it measures the wire bandwidth and the
+// wire cost of a page, and estimates the blackout as
+//
+//	dirty pages × wire bytes per page / bandwidth
+//
+// When that fits Options.MaxDowntime (300 ms by default) it switches over:
+//
+//	Pause → TakeDirty → send those pages and the ones still dirty from the
+//	last pass → SaveState → send the components → Finish (manifest) →
+//	AwaitAck
+//
+// The destination verifies the manifest, calls RestoreState, and only then
+// acknowledges; Migrate returns success only after verifying that
+// acknowledgement, leaving the source paused for the caller to stop.
+//
+// Auto-converge: a pass whose dirty set is more than half the pages the
+// pass before sent is a "strike". Two strikes in a row start throttling the
+// guest's vCPUs (Throttle(20)); every further strike adds 10 points, up to
+// 99. MaxPasses (64) and Timeout (10 minutes) bound the whole migration:
+// past them, or on any error or cancellation, Migrate aborts the stream,
+// closes the connections (the destination sees a truncated stream and
+// discards everything), ends throttling and dirty logging, and resumes the
+// source if it had paused it. The source stays authoritative until the
+// acknowledgement: the destination starts its vCPUs only after Receive
+// returned success, which it does only after sending the acknowledgement.
+// (If the link fails after the destination acknowledged but before the
+// source read the acknowledgement, both sides hold the guest: the caller's
+// control channel must settle that case; no two-party protocol can.)
+//
+// # Handshake
+//
+// The stream's CPU record, the first record of connection 0, carries this
+// package's handshake, checked by the destination before it accepts a page:
+//
+//	magic "GVMMMIGR" | version u16 (1) | nregions u32 |
+//	nregions × (gpa u64 | size u64) | Options.CPU (the rest)
+//
+// A destination whose regions differ from the source's refuses the stream
+// (ErrLayout); the rest goes to ReceiveOptions.CheckCPU.
+//
+// # Timing
+//
+// Stats.Downtime is the source's blackout, Pause to verified
+// acknowledgement, split into Pause, FinalPass, StateSave, StateSend and
+// AckWait. The stream's acknowledgement carries no payload, so the
+// destination's RestoreState time is measured there (Result.Restore) and
+// is part of the source's AckWait; the destination's vCPU start happens
+// after Receive returns and is the caller's to measure.
 package migration

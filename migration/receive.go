@@ -1,0 +1,181 @@
+package migration
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net"
+	"sort"
+	"time"
+
+	"github.com/gvmm/gvmm/migration/stream"
+)
+
+// ReceiveOptions configure Receive; the zero value is usable.
+type ReceiveOptions struct {
+	// CheckCPU, when set, is given the source's Options.CPU before any
+	// page is accepted; its error fails the migration (wrapped in
+	// stream.ErrCPU) and the source keeps running.
+	CheckCPU func(cpu []byte) error
+	// Limits bound what the stream may declare (zero: the stream's
+	// defaults). Guest memory is bounded by the destination's own layout
+	// in any case.
+	Limits stream.Limits
+	// Logger receives debug events; nil discards them.
+	Logger *slog.Logger
+	// Now is the clock (default time.Now).
+	Now func() time.Time
+}
+
+// Result is what a successful Receive delivered and how long it took.
+type Result struct {
+	// Components are the restored components, in the order they arrived.
+	Components []Component
+	// CPU is the source's CPU record (Options.CPU).
+	CPU []byte
+	// Stream holds the stream's counters (pages, zero pages, wire bytes).
+	Stream stream.Stats
+	// Transfer is from the first connection to the verified manifest.
+	Transfer time.Duration
+	// Restore is Destination.RestoreState's duration (part of the source's
+	// Stats.AckWait, hence of its downtime).
+	Restore time.Duration
+	// Total is Receive's duration.
+	Total time.Duration
+}
+
+// Receive accepts one migration's connections from ln, writes its pages
+// into dst's regions, and, once the whole stream verified, restores the
+// state and acknowledges the migration to the source. Only a nil error
+// means dst holds the migrated machine: the caller may then start its
+// vCPUs. On any error dst's memory and state are undefined and must be
+// discarded; the source has not been acknowledged and keeps the guest.
+// Receive closes the connections it accepted before it returns.
+func Receive(ctx context.Context, ln net.Listener, key []byte, dst Destination, opts ReceiveOptions) (Result, error) {
+	start := now(opts.Now)
+	rm, err := newRegionMemory(dst)
+	if err != nil {
+		return Result{}, fmt.Errorf("receive migration: %w", err)
+	}
+	r, conns, err := stream.Accept(ctx, ln, key, rm, rm.streamOptions(opts))
+	if err != nil {
+		return Result{}, fmt.Errorf("receive migration: %w", err)
+	}
+	defer closeAll(conns)
+	return receive(ctx, r, conns[0], rm, dst, opts, start)
+}
+
+func receive(ctx context.Context, r *stream.Receiver, ack net.Conn, rm *regionMemory, dst Destination, opts ReceiveOptions, start time.Time) (Result, error) {
+	clock := opts.Now
+	res, err := r.Run(ctx)
+	if err != nil {
+		return Result{}, fmt.Errorf("receive migration: %w", err)
+	}
+	t1 := now(clock)
+	comps := make([]Component, len(res.States))
+	for i, s := range res.States {
+		comps[i] = Component{ID: s.ID, Data: s.Data}
+	}
+	if err := dst.RestoreState(ctx, comps); err != nil {
+		return Result{}, fmt.Errorf("receive migration: restore state: %w", err)
+	}
+	t2 := now(clock)
+	if err := r.Acknowledge(ctx, ack); err != nil {
+		return Result{}, fmt.Errorf("receive migration: %w", err)
+	}
+	return Result{
+		Components: comps, CPU: rm.cpu, Stream: res.Stats,
+		Transfer: t1.Sub(start), Restore: t2.Sub(t1), Total: now(clock).Sub(start),
+	}, nil
+}
+
+func now(clock func() time.Time) time.Time {
+	if clock == nil {
+		return time.Now()
+	}
+	return clock()
+}
+
+func closeAll(conns []net.Conn) {
+	for _, c := range conns {
+		_ = c.Close()
+	}
+}
+
+// regionMemory is the stream.Memory over a destination's regions.
+type regionMemory struct {
+	lay layout
+	cpu []byte // the caller's part of the handshake, once checked
+}
+
+func newRegionMemory(dst Destination) (*regionMemory, error) {
+	regs := dst.Regions()
+	if len(regs) > maxRegions {
+		return nil, fmt.Errorf("%w: %d regions (limit %d)", ErrLayout, len(regs), maxRegions)
+	}
+	lay, err := checkRegions(regs)
+	if err != nil {
+		return nil, err
+	}
+	return &regionMemory{lay: lay}, nil
+}
+
+func (m *regionMemory) streamOptions(opts ReceiveOptions) stream.ReceiverOptions {
+	lim := opts.Limits
+	if lim.MaxGuestMemory == 0 || lim.MaxGuestMemory > m.lay.size {
+		lim.MaxGuestMemory = m.lay.size
+	}
+	return stream.ReceiverOptions{
+		Limits: lim, Logger: opts.Logger, Now: opts.Now,
+		// Always set: the handshake (the layout) is checked even when the
+		// caller checks no CPU.
+		CheckCPU: func(b []byte) error {
+			cpu, err := checkHandshake(b, m.lay)
+			if err != nil {
+				return err
+			}
+			if opts.CheckCPU != nil {
+				if err := opts.CheckCPU(cpu); err != nil {
+					return err
+				}
+			}
+			m.cpu = append([]byte(nil), cpu...)
+			return nil
+		},
+	}
+}
+
+// find returns the region holding gpa and gpa's offset in it.
+func (m *regionMemory) find(gpa uint64) (Region, uint64, error) {
+	rs := m.lay.regions
+	i := sort.Search(len(rs), func(i int) bool { return rs[i].GPA+uint64(len(rs[i].Data)) > gpa })
+	if i == len(rs) || gpa < rs[i].GPA {
+		return Region{}, 0, fmt.Errorf("%w: page %#x is in no region", ErrLayout, gpa)
+	}
+	return rs[i], gpa - rs[i].GPA, nil
+}
+
+// WritePage implements stream.Memory.
+func (m *regionMemory) WritePage(gpa uint64, data []byte) error {
+	r, off, err := m.find(gpa)
+	if err != nil {
+		return err
+	}
+	copy(r.Data[off:off+PageSize], data)
+	return nil
+}
+
+// ZeroPages implements stream.PageZeroer; a run may span adjacent regions.
+func (m *regionMemory) ZeroPages(gpa, pages uint64) error {
+	for pages > 0 {
+		r, off, err := m.find(gpa)
+		if err != nil {
+			return err
+		}
+		n := min(pages, (uint64(len(r.Data))-off)/PageSize)
+		clear(r.Data[off : off+n*PageSize])
+		gpa += n * PageSize
+		pages -= n
+	}
+	return nil
+}
