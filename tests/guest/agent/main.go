@@ -3,7 +3,9 @@
 //
 // It is built static (CGO_ENABLED=0) and installed as /bin/agent.
 //
-//	agent info    prints "gvmm-agent: cpus=N mem_kib=M"
+//	agent info                      prints "gvmm-agent: cpus=N mem_kib=M"
+//	agent disk read|write DEV MIB   times O_DIRECT sequential I/O on DEV (iobench.go)
+//	agent tcpsend HOST:PORT MIB     sends MIB MiB over TCP (iobench.go)
 package main
 
 import (
@@ -29,6 +31,10 @@ func main() {
 			os.Exit(1)
 		}
 		fmt.Println(line)
+	case "disk":
+		os.Exit(runIOCommand(diskBench, os.Args[2:]))
+	case "tcpsend":
+		os.Exit(runIOCommand(tcpSend, os.Args[2:]))
 	default:
 		fmt.Fprintf(os.Stderr, "agent: unknown command %q\n", os.Args[1])
 		os.Exit(2)
