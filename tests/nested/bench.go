@@ -20,21 +20,29 @@ import (
 // The harness collects its result lines and prints the comparison and
 // gvmm's memory overhead. In L1 every figure is inflated by the nested
 // emulation: compare the VMMs with each other, not with other machines.
+//
+// Then, in the same L1 run, iobench (tests/nested/iobench) measures guest
+// virtio-blk write and read and guest-to-host virtio-net TCP throughput
+// with gvmm and with QEMU -M pc given the same devices, -io-n boots each;
+// the harness prints the medians side by side with gvmm/QEMU ratios. -n 0
+// or -io-n 0 leaves one part out.
 func benchMode(ctx context.Context, p *progress, args []string) error {
 	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
 	var f l1Flags
 	f.register(fs, 60*time.Minute)
-	n := fs.Int("n", 5, "boots of each VMM")
+	n := fs.Int("n", 5, "boots of each VMM for boot timing; 0: no boot timing")
 	guestMem := fs.String("guest-mem", "256M", "guest memory, the same for every VMM")
 	guestCPUs := fs.Int("guest-cpus", 1, "guest vCPUs, the same for every VMM")
 	vmms := fs.String("vmms", "gvmm,qemu-microvm,qemu-pc", "comma-separated VMMs to time")
 	bootTimeout := fs.Duration("boot-timeout", 5*time.Minute, "bound on one boot; a boot that takes longer is killed and counts as failed")
+	var iof ioFlags
+	iof.register(fs)
 	verbose := fs.Bool("v", false, "relay every boot's console")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
-	if fs.NArg() > 0 || *n < 1 || *guestCPUs < 1 {
-		return fmt.Errorf("%w: bench takes no arguments, -n >= 1 and -guest-cpus >= 1", errUsage)
+	if fs.NArg() > 0 || *n < 0 || *guestCPUs < 1 || iof.runs < 0 || iof.reps < 1 || iof.diskMiB < 1 || iof.netMiB < 1 || *n+iof.runs == 0 {
+		return fmt.Errorf("%w: bench takes no arguments, -n >= 0, -io-n >= 0 (not both 0), -io-reps, -disk-mib, -net-mib and -guest-cpus >= 1", errUsage)
 	}
 	vmmList := strings.Split(*vmms, ",")
 	withQemu := false
@@ -42,9 +50,19 @@ func benchMode(ctx context.Context, p *progress, args []string) error {
 		switch v {
 		case "gvmm":
 		case "qemu-microvm", "qemu-pc":
-			withQemu = true
+			withQemu = withQemu || *n > 0
 		default:
 			return fmt.Errorf("%w: -vmms: unknown VMM %q (want gvmm, qemu-microvm or qemu-pc)", errUsage, v)
+		}
+	}
+	ioVMMs := strings.Split(iof.vmms, ",")
+	for _, v := range ioVMMs {
+		switch v {
+		case "gvmm":
+		case "qemu":
+			withQemu = withQemu || iof.runs > 0
+		default:
+			return fmt.Errorf("%w: -io-vmms: unknown VMM %q (want gvmm or qemu)", errUsage, v)
 		}
 	}
 	nested, err := useNested(p)
@@ -56,7 +74,7 @@ func benchMode(ctx context.Context, p *progress, args []string) error {
 		return err
 	}
 	defer h.close()
-	p.say("building gvmm and bootbench")
+	p.say("building gvmm, bootbench and iobench")
 	gvmmBin := filepath.Join(h.work, "gvmm")
 	if err := h.tool.build(ctx, gvmmBin, "./cmd/gvmm"); err != nil {
 		return err
@@ -65,19 +83,46 @@ func benchMode(ctx context.Context, p *progress, args []string) error {
 	if err := h.tool.build(ctx, benchBin, "./tests/nested/bootbench"); err != nil {
 		return err
 	}
+	ioBin := filepath.Join(h.work, "iobench")
+	if err := h.tool.build(ctx, ioBin, "./tests/nested/iobench"); err != nil {
+		return err
+	}
 	gp, err := h.prepareGuest(ctx)
 	if err != nil {
 		return err
 	}
-	// bootbench's flags but the paths, which differ in L1 and here.
+	// bootbench's and iobench's flags but the paths, which differ in L1
+	// and here.
 	common := []string{"-n", fmt.Sprint(*n), "-mem", *guestMem, "-cpus", fmt.Sprint(*guestCPUs),
 		"-vmms", *vmms, "-timeout", bootTimeout.String(), fmt.Sprintf("-v=%v", *verbose)}
+	ioCommon := []string{"-n", fmt.Sprint(iof.runs), "-reps", fmt.Sprint(iof.reps),
+		"-disk-mib", fmt.Sprint(iof.diskMiB), "-net-mib", fmt.Sprint(iof.netMiB),
+		"-mem", *guestMem, "-cpus", fmt.Sprint(*guestCPUs), "-vmms", iof.vmms,
+		"-boot-timeout", bootTimeout.String(), fmt.Sprintf("-v=%v", *verbose)}
+	report := func(parser *consoleParser) error {
+		var errs []error
+		if *n > 0 {
+			errs = append(errs, benchReport(p, parser, vmmList, *n, *guestMem, *guestCPUs, nested))
+		}
+		if iof.runs > 0 {
+			errs = append(errs, ioReport(p, parser, ioVMMs, iof, *guestMem, *guestCPUs, nested))
+		}
+		return errors.Join(errs...)
+	}
 
 	parser := newConsoleParser()
 	if nested {
-		pl := l1Plan{mode: "bench", bootbench: benchBin, heartbeat: 20}
-		pl.benchArgs = append([]string{l1BootBench, "-gvmm", l1GvmmBin,
-			"-kernel", l1GuestKernel, "-initrd", l1GuestInitrd}, common...)
+		pl := l1Plan{mode: "bench", heartbeat: 20}
+		if *n > 0 {
+			pl.bootbench = benchBin
+			pl.benchArgs = append([]string{l1BootBench, "-gvmm", l1GvmmBin,
+				"-kernel", l1GuestKernel, "-initrd", l1GuestInitrd}, common...)
+		}
+		if iof.runs > 0 {
+			pl.iobench = ioBin
+			pl.ioArgs = append([]string{l1IOBench, "-gvmm", l1GvmmBin,
+				"-kernel", l1GuestKernel, "-initrd", l1GuestInitrd, "-dir", "/tmp"}, ioCommon...)
+		}
 		if withQemu {
 			q, err := findQemuPayload(ctx)
 			if err != nil {
@@ -89,7 +134,13 @@ func benchMode(ctx context.Context, p *progress, args []string) error {
 			}
 			p.say("QEMU for L1: %s, %d shared libraries, %d firmware files", q.bin, len(q.libs), len(q.firmware))
 			pl.qemu = &q
-			pl.benchArgs = append(pl.benchArgs, "-qemu", l1QemuBin, "-qemu-lib", l1QemuLib, "-qemu-data", l1QemuData)
+			qa := []string{"-qemu", l1QemuBin, "-qemu-lib", l1QemuLib, "-qemu-data", l1QemuData}
+			if *n > 0 {
+				pl.benchArgs = append(pl.benchArgs, qa...)
+			}
+			if iof.runs > 0 {
+				pl.ioArgs = append(pl.ioArgs, qa...)
+			}
 		}
 		l1, err := h.writeL1(gp, gvmmBin, pl, f.compress)
 		if err != nil {
@@ -100,28 +151,104 @@ func benchMode(ctx context.Context, p *progress, args []string) error {
 		parser, out = h.bootL1(ctx, c, f, newConsoleParser)
 		if why := l1Problem(out, f); why != "" {
 			// Report what was measured before L1 went wrong.
-			benchReport(p, parser, vmmList, *n, *guestMem, *guestCPUs, nested)
+			report(parser)
 			return errors.New(why)
 		}
 	} else {
-		a := append([]string{benchBin, "-gvmm", gvmmBin, "-kernel", gp.guest.kernel, "-initrd", gp.guest.initrd}, common...)
-		out := stream(ctx, p, exec.Command(a[0], a[1:]...), f.timeout, f.silence, nil, func(s string) bool {
-			parser.Line(s)
-			return true
-		})
-		rc := 0
-		var ee *exec.ExitError
-		if errors.As(out.err, &ee) {
-			rc = ee.ExitCode()
-		} else if out.err != nil {
-			rc = -1
+		// Both tools run in turn within the one -timeout.
+		deadline := time.Now().Add(f.timeout)
+		direct := func(a []string, done string) {
+			out := stream(ctx, p, exec.Command(a[0], a[1:]...), time.Until(deadline), f.silence, nil, func(s string) bool {
+				parser.Line(s)
+				return true
+			})
+			rc := 0
+			var ee *exec.ExitError
+			if errors.As(out.err, &ee) {
+				rc = ee.ExitCode()
+			} else if out.err != nil {
+				rc = -1
+			}
+			parser.Line(fmt.Sprintf("%s%d", done, rc))
 		}
-		parser.Line(fmt.Sprintf("%s%d", markerBenchDone, rc))
+		if *n > 0 {
+			direct(append([]string{benchBin, "-gvmm", gvmmBin, "-kernel", gp.guest.kernel, "-initrd", gp.guest.initrd}, common...), markerBenchDone)
+		}
+		if iof.runs > 0 {
+			direct(append([]string{ioBin, "-gvmm", gvmmBin, "-kernel", gp.guest.kernel, "-initrd", gp.guest.initrd}, ioCommon...), markerIODone)
+		}
 	}
 	if len(parser.errors) > 0 {
 		p.say("problems reported: %s", strings.Join(parser.errors, "; "))
 	}
-	return benchReport(p, parser, vmmList, *n, *guestMem, *guestCPUs, nested)
+	return report(parser)
+}
+
+// ioFlags are the bench mode's flags for iobench (tests/nested/iobench).
+type ioFlags struct {
+	runs, reps      int
+	diskMiB, netMiB int
+	vmms            string
+}
+
+// The default sizes keep one transfer to seconds under nested emulation
+// (where throughput is tens of MiB/s, not GiB/s) and the whole I/O part
+// of make bench to about ten minutes on a 2-core host: most of it is the
+// six guest boots.
+func (f *ioFlags) register(fs *flag.FlagSet) {
+	fs.IntVar(&f.runs, "io-n", 3, "boots of each VMM for the I/O benchmark; 0: none")
+	fs.IntVar(&f.reps, "io-reps", 1, "measurements of each I/O test per boot")
+	fs.IntVar(&f.diskMiB, "disk-mib", 64, "MiB written, then read, with O_DIRECT on virtio-blk per measurement")
+	fs.IntVar(&f.netMiB, "net-mib", 64, "MiB sent over TCP from the guest to the host per measurement")
+	fs.StringVar(&f.vmms, "io-vmms", "gvmm,qemu", "comma-separated VMMs for the I/O benchmark: gvmm, qemu (-M pc)")
+}
+
+// ioReport prints the I/O table, the failed transfers and the verdicts on
+// the target (gvmm at least equal to QEMU), and fails if any
+// transfer failed or is missing.
+func ioReport(p *progress, parser *consoleParser, vmms []string, iof ioFlags, mem string, cpus int, nested bool) error {
+	where := "on this host"
+	if nested {
+		where = "inside L1 (nested KVM under QEMU/TCG: compare the VMMs with each other, not with other machines)"
+	}
+	want := iof.runs * iof.reps
+	p.say("I/O bench results: guest %s, %d vCPU(s), %d boot(s) per VMM, %d measurement(s) per test and VMM, measured %s",
+		mem, cpus, iof.runs, want, where)
+	p.relay(fmt.Sprintf("throughput (MiB/s, higher is better): blk-write/blk-read = guest O_DIRECT dd-like 1 MiB sequential I/O of %d MiB on virtio-blk (a raw image in L1's RAM; write includes the final flush), timed in the guest; net-tx = %d MiB guest-to-host TCP over virtio-net and a TAP, timed by the receiver:", iof.diskMiB, iof.netMiB))
+	sums := benchfmt.SummarizeIO(parser.io, vmms)
+	for _, l := range benchfmt.IOTable(sums, vmms, want) {
+		p.relay("  " + l)
+	}
+	bad := 0
+	for _, s := range sums {
+		for _, r := range s.Failed {
+			p.relay(fmt.Sprintf("  FAILED: %s %s run %d: %s", r.VMM, r.Test, r.Run, r.Why))
+		}
+		bad += len(s.Failed)
+		if s.Runs < want {
+			p.relay(fmt.Sprintf("  MISSING: %s %s: %d of %d measurements never reported", s.VMM, s.Test, want-s.Runs, want))
+			bad += want - s.Runs
+		}
+	}
+	if len(vmms) == 2 {
+		for _, t := range benchfmt.IOTests {
+			if r, ok := benchfmt.IORatio(sums, t, vmms[0], vmms[1]); ok {
+				verdict := "met"
+				if r < 1 {
+					verdict = "NOT met"
+				}
+				p.relay(fmt.Sprintf("%s / %s, median %s throughput: %.2fx; target %s at least equal: %s", vmms[0], vmms[1], t, r, vmms[0], verdict))
+			}
+		}
+	}
+	if !parser.ioRan && bad == 0 {
+		p.relay("iobench did not report its end")
+		bad++
+	}
+	if bad > 0 {
+		return fmt.Errorf("%d of %d I/O measurements failed or went missing", bad, want*len(vmms)*len(benchfmt.IOTests))
+	}
+	return nil
 }
 
 // benchReport prints the comparison table, the failed boots, gvmm's

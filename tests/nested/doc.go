@@ -6,7 +6,7 @@
 //	go run ./tests/nested test [flags] PKG...   run PKG's tests under KVM
 //	go run ./tests/nested demo [flags]          boot a Linux guest with gvmm
 //	go run ./tests/nested shell [flags]         a shell in L1, for debugging
-//	go run ./tests/nested bench [flags]         time guest boots: gvmm vs QEMU
+//	go run ./tests/nested bench [flags]         boot time and virtio I/O: gvmm vs QEMU
 //
 // When the host has a usable /dev/kvm (one backed by kvm_intel or kvm_amd;
 // not kvm_pvm, which some sandboxes offer and which runs only PVM guest
@@ -70,6 +70,20 @@
 // max per VMM, every failed boot with its reason, gvmm's median memory
 // overhead, and whether the issue's targets are met. A failed or missing
 // boot makes the mode fail; no figure is ever asserted by a test.
+//
+// In the same L1 run the bench mode then runs tests/nested/iobench: for
+// -io-n rounds (default 3) it boots the guest once with gvmm and once with
+// QEMU -M pc, each with a fresh 64 MiB sparse raw image in L1's /tmp as
+// virtio-blk (gvmm opens it without O_DIRECT, so QEMU gets
+// cache=writeback,aio=threads) and a TAP as virtio-net (QEMU with
+// vhost=off: both serve the queues in user space), and drives the guest's
+// shell over the console: "agent disk write|read /dev/vda 64" (O_DIRECT,
+// 1 MiB transfers; timed in the guest) and "agent tcpsend" of 64 MiB to a
+// receiver in L1 on the TAP (timed by the receiver). One "=== GVMM-NESTED
+// IOBENCH RESULT" line per transfer; the harness prints median, min and
+// max MiB/s per test side by side with the gvmm/QEMU ratio. The sizes
+// (-disk-mib, -net-mib) keep a transfer to seconds under this emulation;
+// -n 0 or -io-n 0 leaves out the boot or the I/O part.
 //
 // Downloads (apt-get download, unpacked with dpkg -x) are cached under
 // $GVMM_CACHE (default <repo>/.cache/gvmm), one folder per package version.

@@ -237,8 +237,10 @@ type l1Plan struct {
 	testTimeout time.Duration // test mode: -test.timeout of each binary
 	testRun     string        // test mode: -test.run of each binary, if set
 	demoArgs    []string      // demo mode: the gvmm command line
-	benchArgs   []string      // bench mode: the bootbench command line
+	benchArgs   []string      // bench mode: the bootbench command line; none: no boot timing
 	bootbench   string        // bench mode: host path of bootbench, put at l1BootBench
+	ioArgs      []string      // bench mode: the iobench command line; none: no I/O benchmark
+	iobench     string        // bench mode: host path of iobench, put at l1IOBench
 	qemu        *qemuPayload  // bench mode: QEMU to compare with; nil: none
 	heartbeat   int           // seconds between heartbeats; 0: none
 }
@@ -259,7 +261,10 @@ func (pl l1Plan) script() string {
 	fmt.Fprintf(&b, "GVMM_TEST_RUN=%s\n", shQuote(pl.testRun))
 	fmt.Fprintf(&b, "GVMM_HEARTBEAT=%d\n", pl.heartbeat)
 	fmt.Fprintf(&b, "gvmm_demo() {\n\t%s\n}\n", shCommand(pl.demoArgs))
+	fmt.Fprintf(&b, "GVMM_BENCH_BOOT=%d\n", min(len(pl.benchArgs), 1))
+	fmt.Fprintf(&b, "GVMM_BENCH_IO=%d\n", min(len(pl.ioArgs), 1))
 	fmt.Fprintf(&b, "gvmm_bench() {\n\t%s\n}\n", shCommand(pl.benchArgs))
+	fmt.Fprintf(&b, "gvmm_iobench() {\n\t%s\n}\n", shCommand(pl.ioArgs))
 	return b.String()
 }
 
@@ -285,7 +290,7 @@ func (pl l1Plan) testsList() string {
 }
 
 // buildL1 writes L1's initramfs: busybox, l1init.sh as /init, the modules,
-// gvmm (if built), bootbench and QEMU (bench mode), the guest image, the test binaries with their testdata,
+// gvmm (if built), bootbench, iobench and QEMU (bench mode), the guest image, the test binaries with their testdata,
 // and the plan. It is left uncompressed unless compress is set: under TCG
 // the kernel would spend seconds inflating it, more than QEMU spends
 // reading the larger file.
@@ -311,6 +316,9 @@ func buildL1(d debPackages, applets []string, gvmmBin string, guest guestImage, 
 	}
 	if err == nil && pl.bootbench != "" {
 		err = im.hostFile(l1BootBench, pl.bootbench, 0o755)
+	}
+	if err == nil && pl.iobench != "" {
+		err = im.hostFile(l1IOBench, pl.iobench, 0o755)
 	}
 	if err == nil && pl.qemu != nil {
 		err = pl.qemu.add(im)

@@ -68,9 +68,17 @@ demo)
 	;;
 bench)
 	# bootbench (tests/nested/bootbench) times gvmm and QEMU booting the
-	# guest and prints one BENCH RESULT line per boot.
-	gvmm_bench </dev/null 2>&1
-	echo "=== GVMM-NESTED BENCH DONE rc=$?"
+	# guest and prints one BENCH RESULT line per boot; iobench
+	# (tests/nested/iobench) measures their virtio-blk and virtio-net
+	# throughput and prints one IOBENCH RESULT line per transfer.
+	if [ "$GVMM_BENCH_BOOT" = 1 ]; then
+		gvmm_bench </dev/null 2>&1
+		echo "=== GVMM-NESTED BENCH DONE rc=$?"
+	fi
+	if [ "$GVMM_BENCH_IO" = 1 ]; then
+		gvmm_iobench </dev/null 2>&1
+		echo "=== GVMM-NESTED IOBENCH DONE rc=$?"
+	fi
 	;;
 shell)
 	echo "L1 shell: /dev/kvm is ready, gvmm and the guest image are in /gvmm. Type poweroff to leave."

@@ -24,7 +24,9 @@ modes:
   demo [flags]          boot a Linux guest with gvmm and show its console
   shell [flags]         a shell in the nested machine (L1), for debugging
   bench [flags]         time guest boots (start to first userspace line) with gvmm,
-                        QEMU -M microvm and QEMU -M pc, and gvmm's memory overhead
+                        QEMU -M microvm and QEMU -M pc, and gvmm's memory overhead;
+                        then guest virtio-blk and virtio-net throughput, gvmm vs
+                        QEMU -M pc (-n 0: I/O only; -io-n 0: boots only)
 
 environment:
   GVMM_NESTED=force|off  always / never use the nested machine (default: only

@@ -22,6 +22,9 @@ const (
 
 	markerBenchResult = benchfmt.Prefix                 // + one boot's figures (bootbench)
 	markerBenchDone   = markerPrefix + "BENCH DONE rc=" // + bootbench's exit status
+
+	markerIOResult = benchfmt.IOPrefix                 // + one transfer's figures (iobench)
+	markerIODone   = markerPrefix + "IOBENCH DONE rc=" // + iobench's exit status
 )
 
 // guestUp is the first line the guest's /init prints (tests/guest/init).
@@ -86,6 +89,10 @@ type consoleParser struct {
 	benchRC int               // valid when benchRan
 	// benchRan is set by BENCH DONE: bootbench ended with status benchRC.
 	benchRan bool
+	io       []benchfmt.IOResult // IOBENCH RESULT lines, in order
+	ioRC     int                 // valid when ioRan
+	// ioRan is set by IOBENCH DONE: iobench ended with status ioRC.
+	ioRan bool
 }
 
 func newConsoleParser() *consoleParser {
@@ -170,6 +177,20 @@ func (p *consoleParser) marker(m string) {
 			return
 		}
 		p.benchRC, p.benchRan = rc, true
+	case strings.HasPrefix(m, markerIOResult):
+		r, err := benchfmt.ParseIO(m)
+		if err != nil {
+			p.errors = append(p.errors, "unreadable marker: "+m)
+			return
+		}
+		p.io = append(p.io, r)
+	case strings.HasPrefix(m, markerIODone):
+		rc, err := strconv.Atoi(strings.TrimPrefix(m, markerIODone))
+		if err != nil {
+			p.errors = append(p.errors, "unreadable marker: "+m)
+			return
+		}
+		p.ioRC, p.ioRan = rc, true
 	case strings.HasPrefix(m, markerBegin):
 		pkg := strings.TrimPrefix(m, markerBegin)
 		if p.cur != nil {

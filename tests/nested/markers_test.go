@@ -255,3 +255,53 @@ func TestRetryable(t *testing.T) {
 		}
 	}
 }
+
+func TestConsoleParserIOBench(t *testing.T) {
+	lines := []string{
+		"iobench: 1 rounds of gvmm, qemu",
+		"=== GVMM-NESTED IOBENCH RESULT vmm=gvmm run=1 test=blk-write ok=1 bytes=67108864 ns=2000000000\r",
+		"=== GVMM-NESTED IOBENCH RESULT vmm=qemu run=1 test=blk-write ok=1 bytes=67108864 ns=1000000000",
+		"=== GVMM-NESTED IOBENCH RESULT vmm=gvmm run=1 test=blk-read ok=1 bytes=67108864 ns=1000000000",
+		"=== GVMM-NESTED IOBENCH RESULT vmm=qemu run=1 test=blk-read ok=1 bytes=67108864 ns=1000000000",
+		"=== GVMM-NESTED IOBENCH RESULT vmm=gvmm run=1 test=net-tx ok=1 bytes=67108864 ns=4000000000",
+		"=== GVMM-NESTED IOBENCH RESULT vmm=qemu run=1 test=net-tx ok=0 bytes=-1 ns=-1 why=net-tx: no connection",
+		"=== GVMM-NESTED IOBENCH RESULT vmm=qemu run=x",
+		"=== GVMM-NESTED IOBENCH DONE rc=1",
+	}
+	p := newConsoleParser()
+	for _, l := range lines {
+		p.Line(l)
+	}
+	if len(p.io) != 6 || !p.ioRan || p.ioRC != 1 || len(p.bench) != 0 || p.benchRan {
+		t.Fatalf("io %d results, ran %v rc %d; bench %d", len(p.io), p.ioRan, p.ioRC, len(p.bench))
+	}
+	if len(p.errors) != 1 || !strings.HasPrefix(p.errors[0], "unreadable marker: ") {
+		t.Errorf("errors %q, want one unreadable marker", p.errors)
+	}
+	for _, tc := range []struct {
+		f    ioFlags
+		want string
+	}{
+		{ioFlags{runs: 1, reps: 1, diskMiB: 64, netMiB: 64}, "1 of 6 I/O measurements failed or went missing"},
+		{ioFlags{runs: 2, reps: 1, diskMiB: 64, netMiB: 64}, "7 of 12 I/O measurements failed or went missing"},
+	} {
+		var buf strings.Builder
+		err := ioReport(newProgress(&buf), p, []string{"gvmm", "qemu"}, tc.f, "256M", 1, true)
+		if err == nil || err.Error() != tc.want {
+			t.Errorf("ioReport(%+v): %v, want %s", tc.f, err, tc.want)
+		}
+		for _, want := range []string{
+			"blk-write  1/", "32.0 MiB/s", "0.50x",
+			"FAILED: qemu net-tx run 1: net-tx: no connection",
+			"gvmm / qemu, median blk-write throughput: 0.50x; target gvmm at least equal: NOT met",
+			"gvmm / qemu, median blk-read throughput: 1.00x; target gvmm at least equal: met",
+		} {
+			if !strings.Contains(buf.String(), want) {
+				t.Errorf("report lacks %q:\n%s", want, buf.String())
+			}
+		}
+	}
+	if !strings.HasPrefix(markerIOResult, markerPrefix) {
+		t.Fatalf("iobench's result prefix %q does not start with %q", markerIOResult, markerPrefix)
+	}
+}

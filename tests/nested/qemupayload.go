@@ -16,6 +16,7 @@ const (
 	l1QemuLib   = "/gvmm/qemu/lib"   // its shared libraries (LD_LIBRARY_PATH)
 	l1QemuData  = "/gvmm/qemu/share" // its firmware (-L)
 	l1BootBench = "/gvmm/bin/bootbench"
+	l1IOBench   = "/gvmm/bin/iobench"
 )
 
 // qemuFirmware are the files QEMU reads from its data folders to boot a
