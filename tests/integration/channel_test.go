@@ -18,9 +18,11 @@ func TestChannel(t *testing.T) {
 	sock := filepath.Join(t.TempDir(), "chan.sock")
 	v, off := bootVirtio(t, env, "--channel", sock)
 	// The guest answers one line: upper-cased, behind a prefix. The tty
-	// is held open on fd 3 so raw mode (no echo) lasts for the exchange.
-	v.send(`(exec 3<>/dev/hvc0; stty raw -echo <&3; head -n1 <&3 | tr a-z A-Z | sed 's/^/GUEST:/' >&3; echo CHANNEL-"DONE") &` + "\n")
-	time.Sleep(time.Second)
+	// is held open on fd 3 so raw mode (no echo) lasts for the exchange;
+	// the host writes only once the guest said raw mode is on (a line
+	// sent before that is echoed back by the tty).
+	v.send(`(exec 3<>/dev/hvc0; stty raw -echo <&3; echo CHANNEL-"READY"; head -n1 <&3 | tr a-z A-Z | sed 's/^/GUEST:/' >&3; echo CHANNEL-"DONE") &` + "\n")
+	_, off = v.waitFor(regexp.MustCompile(`CHANNEL-READY`), off, commandTimeout)
 	conn, err := net.DialTimeout("unix", sock, 5*time.Second)
 	if err != nil {
 		t.Fatalf("dial channel: %v", err)
