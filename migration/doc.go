@@ -21,8 +21,11 @@
 //
 // Migrate sends every page once (pass 0; zero pages cost a few bytes),
 // then, pass after pass, the pages the dirty log reports as written during
-// the previous pass. After each pass it measures the wire bandwidth and the
-// wire cost of a page, and estimates the blackout as
+// the previous pass. Each pass ends when its bytes are written to the
+// connections (stream's Drain), not merely queued, so that no backlog is
+// left for the blackout. After each pass Migrate measures the wire
+// bandwidth and the wire cost of a non-zero page, and estimates the
+// blackout as
 //
 //	dirty pages × wire bytes per page / bandwidth
 //

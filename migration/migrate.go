@@ -256,7 +256,7 @@ func (m *migrator) run(ctx context.Context, key []byte) error {
 			return fmt.Errorf("pass 0: %w", err)
 		}
 	}
-	if _, err := m.sender.EndPass(ctx); err != nil {
+	if err := m.endPass(ctx); err != nil {
 		return fmt.Errorf("pass 0: %w", err)
 	}
 	m.measure(t0, s0)
@@ -314,13 +314,24 @@ func (m *migrator) run(ctx context.Context, key []byte) error {
 		if err := m.sender.SendPages(ctx, m.pages); err != nil {
 			return fmt.Errorf("pass %d: %w", pass, err)
 		}
-		if _, err := m.sender.EndPass(ctx); err != nil {
+		if err := m.endPass(ctx); err != nil {
 			return fmt.Errorf("pass %d: %w", pass, err)
 		}
 		m.measure(t, s)
 		m.stats.Passes++
 		lastSent = dirty
 	}
+}
+
+// endPass ends a pre-copy pass once its bytes are written: the writers'
+// queues hold megabytes, and a pass timed only to the end of queueing
+// overstates the bandwidth and leaves a backlog that the blackout would
+// have to drain.
+func (m *migrator) endPass(ctx context.Context) error {
+	if _, err := m.sender.EndPass(ctx); err != nil {
+		return err
+	}
+	return m.sender.Drain(ctx)
 }
 
 // switchover pauses the source and sends the last dirty pages (those of

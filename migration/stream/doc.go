@@ -16,6 +16,7 @@
 //	s, _ := stream.NewSender(conns, key, stream.Options{GuestMemSize: size, CPU: cpuRecord})
 //	s.SendRange(ctx, 0, guestRAM)   // pass 0: everything
 //	s.EndPass(ctx)
+//	s.Drain(ctx)                    // optional: wait until the pass is on the wire
 //	s.SendPages(ctx, dirtyPages)    // pass 1, 2, ...: dirty pages
 //	s.EndPass(ctx)
 //	s.SendState(ctx, "vcpu/0", blob) // during the blackout

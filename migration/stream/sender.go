@@ -107,7 +107,8 @@ type Sender struct {
 	workers  sync.WaitGroup
 	inflight sync.WaitGroup
 	rr       atomic.Uint64
-	pool     sync.Pool // *[]byte of cap recordHeaderSize+maxBody+tagSize
+	wrote    chan struct{} // a writer wrote a record (capacity 1; Drain waits on it)
+	pool     sync.Pool     // *[]byte of cap recordHeaderSize+maxBody+tagSize
 	stats    counters
 
 	// Owned by the caller's goroutine.
@@ -134,6 +135,10 @@ type sconn struct {
 	// Written by the writer goroutine; read only after done is closed.
 	records uint64
 	hash    chain
+
+	// written counts the records the writer has written; Drain compares it
+	// with seq.
+	written atomic.Uint64
 }
 
 // outRec is a sealed record waiting for its turn on a connection.
@@ -216,6 +221,7 @@ func NewSender(conns []io.Writer, key []byte, opts Options) (*Sender, error) {
 		log:     opts.Logger,
 		now:     opts.Now,
 		jobs:    make(chan job, workers*2),
+		wrote:   make(chan struct{}, 1),
 	}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
@@ -372,6 +378,11 @@ func (s *Sender) writer(c *sconn) {
 			}
 			c.hash.absorb(r.buf[:recordHeaderSize], r.buf[len(r.buf)-tagSize:])
 			c.records++
+			c.written.Add(1)
+			select {
+			case s.wrote <- struct{}{}:
+			default:
+			}
 			if r.pool != nil {
 				s.pool.Put(r.pool)
 			}
@@ -658,6 +669,39 @@ func (s *Sender) Flush(ctx context.Context) error {
 	}
 	if err := s.wait(ctx, &s.inflight); err != nil {
 		return fmt.Errorf("flush: %w", err)
+	}
+	return nil
+}
+
+// Drain waits until every queued page has been sealed (as Flush) and
+// every record sealed so far has been written to its connection. A source
+// that times its passes calls it after EndPass: the pass then ends when
+// its bytes have left (into the connection's own buffers), not when they
+// were queued for the writers, which can hold megabytes per connection.
+func (s *Sender) Drain(ctx context.Context) error {
+	if err := s.usable("drain"); err != nil {
+		return err
+	}
+	if err := s.wait(ctx, &s.inflight); err != nil {
+		return fmt.Errorf("drain: %w", err)
+	}
+	for _, c := range s.conns {
+		for {
+			c.mu.Lock()
+			want := c.seq
+			c.mu.Unlock()
+			if c.written.Load() >= want {
+				break
+			}
+			select {
+			case <-s.wrote:
+			case <-s.ctx.Done():
+				return fmt.Errorf("drain: %w", context.Cause(s.ctx))
+			case <-ctx.Done():
+				s.fail(ctx.Err())
+				return fmt.Errorf("drain: %w", ctx.Err())
+			}
+		}
 	}
 	return nil
 }

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"sync"
 	"testing"
 	"time"
 )
@@ -493,5 +494,75 @@ func TestAcceptOrdersConnections(t *testing.T) {
 	go func() { _ = o.r.Acknowledge(ctx, o.conns[0]) }()
 	if err := s.AwaitAck(ctx, ws[0]); err != nil {
 		t.Fatalf("await ack on connection 0: %v", err)
+	}
+}
+
+// gateWriter blocks every Write until open is closed.
+type gateWriter struct {
+	open chan struct{}
+	mu   sync.Mutex
+	n    int
+}
+
+func (g *gateWriter) Write(b []byte) (int, error) {
+	<-g.open
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.n += len(b)
+	return len(b), nil
+}
+
+// TestDrain checks that Drain returns only once every record is written,
+// where EndPass returns as soon as the records are queued.
+func TestDrain(t *testing.T) {
+	ctx := context.Background()
+	guest := genGuest(16*PageSize, 5, true)
+	g := &gateWriter{open: make(chan struct{})}
+	s, err := NewSender([]io.Writer{g}, testKey, Options{GuestMemSize: uint64(len(guest))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if err := s.SendRange(ctx, 0, guest); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.EndPass(ctx); err != nil {
+		t.Fatal(err)
+	}
+	short, cancel := context.WithTimeout(ctx, 50*time.Millisecond)
+	defer cancel()
+	if err := s.Drain(short); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Drain with the writer blocked: %v; want a deadline error", err)
+	}
+
+	g2 := &gateWriter{open: make(chan struct{})}
+	s, err = NewSender([]io.Writer{g2}, testKey, Options{GuestMemSize: uint64(len(guest))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if err := s.SendRange(ctx, 0, guest); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.EndPass(ctx); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- s.Drain(ctx) }()
+	select {
+	case err := <-done:
+		t.Fatalf("Drain returned %v while the writer was blocked", err)
+	case <-time.After(50 * time.Millisecond):
+	}
+	close(g2.open)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	g2.mu.Lock()
+	n := g2.n
+	g2.mu.Unlock()
+	close(g.open) // let the first sender's writer finish
+	if st := s.Stats(); uint64(n) != st.WireBytes {
+		t.Fatalf("after Drain %d bytes written, stats say %d", n, st.WireBytes)
 	}
 }
