@@ -225,3 +225,24 @@ func BenchmarkMeasure64MiB(b *testing.B) {
 		}
 	}
 }
+
+func TestRegisterReleasesDeadOwner(t *testing.T) {
+	e := newEnv(t, 1, Config{})
+	mustRegister(e, userVA, pageSize, Confidential)
+	copy(e.m.b[dataBase:], "secret")
+	// The owner dies; a new process gets the frame at another address
+	// before any check ran.
+	e.m.put64(e.p.leafEntry(userVA), 0)
+	other := newPT(e.m, false, tableBase+0x40000)
+	other.mapPage(0x10000, dataBase, pageSize, userRW)
+	r := e.g.HandleIO(userCtx(other.root), Regs{RAX: OpRegister, RBX: 0x10000, RCX: pageSize, RSI: uint64(Confidential)})
+	if r.Regs.RAX != 0 || !r.LayoutChanged {
+		t.Fatalf("register over a dead owner's frame: %+v", r)
+	}
+	if string(e.m.b[dataBase:dataBase+6]) == "secret" {
+		t.Error("dead owner's secret handed to the new owner")
+	}
+	if s := e.g.Status(); len(s.Regions) != 1 || s.Regions[0].Owner != other.root {
+		t.Errorf("status %+v", s)
+	}
+}

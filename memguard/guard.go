@@ -184,7 +184,9 @@ func (g *Guard) HandleIO(ctx VCPUContext, regs Regs) IOResult {
 		out.RBX, out.RCX, out.RSI = ABIVersion, uint64(g.cfg.MaxRegions), uint64(g.cfg.MaxPages)
 	case OpRegister:
 		var id uint64
-		id, err = g.register(ctx, regs.RBX, regs.RCX, Mode(regs.RSI))
+		var released bool
+		id, released, err = g.register(ctx, regs.RBX, regs.RCX, Mode(regs.RSI))
+		res.LayoutChanged = released
 		if err == nil {
 			out.RBX = id
 			res.LayoutChanged = true
@@ -210,9 +212,15 @@ func (g *Guard) HandleIO(ctx VCPUContext, regs Regs) IOResult {
 		out.RAX = uint64(-int64(e))
 		g.mu.Lock()
 		g.refusals++
+		n := g.refusals
 		g.mu.Unlock()
-		g.log.Warn("memguard: request refused", "vcpu", ctx.VCPU, "op", op,
-			"rip", fmt.Sprintf("%#x", ctx.RIP), "cr3", fmt.Sprintf("%#x", ctx.CR3), "cpl", ctx.CPL, "err", err)
+		// A guest can refuse itself as often as it likes: the log
+		// keeps the first refusals and then every 1024th.
+		if n <= 64 || n%1024 == 0 {
+			g.log.Warn("memguard: request refused", "vcpu", ctx.VCPU, "op", op,
+				"rip", fmt.Sprintf("%#x", ctx.RIP), "cr3", fmt.Sprintf("%#x", ctx.CR3), "cpl", ctx.CPL,
+				"err", err, "refusals", n)
+		}
 	}
 	return IOResult{Regs: out, LayoutChanged: res.LayoutChanged}
 }
@@ -236,26 +244,40 @@ func callerOK(ctx VCPUContext) error {
 
 // register translates and binds [va, va+length) of the caller's address
 // space.
-func (g *Guard) register(ctx VCPUContext, va, length uint64, mode Mode) (uint64, error) {
+// It reports whether it released dead owners' regions on the way, which
+// changes the layout even when the registration fails.
+func (g *Guard) register(ctx VCPUContext, va, length uint64, mode Mode) (uint64, bool, error) {
 	if err := callerOK(ctx); err != nil {
-		return 0, fmt.Errorf("register: %w", err)
+		return 0, false, fmt.Errorf("register: %w", err)
 	}
 	r, err := g.translate(ctx.root(), ctx.la57(), va, length, mode)
 	if err != nil {
-		return 0, fmt.Errorf("register: %w", err)
+		return 0, false, fmt.Errorf("register: %w", err)
 	}
 	r.owner = ctx.owner()
 	g.mu.Lock()
 	defer g.mu.Unlock()
+	// A frame the kernel hands to a new process may still be bound to
+	// an owner that died since the last check: check those owners now.
+	released := false
+	for _, p := range r.pages {
+		if o, ok := g.byPage[p]; ok {
+			if err := g.alive(o); err != nil {
+				g.log.Warn("memguard: owner gone", "id", o.id, "owner", fmt.Sprintf("%#x", o.owner), "err", err)
+				g.release(o, "owner gone (found at a registration)")
+				released = true
+			}
+		}
+	}
 	if err := g.admit(r); err != nil {
-		return 0, fmt.Errorf("register: %w", err)
+		return 0, released, fmt.Errorf("register: %w", err)
 	}
 	r.id = g.nextID
 	g.nextID++
 	g.insert(r)
 	g.log.Info("memguard: region registered", "id", r.id, "mode", mode, "owner", fmt.Sprintf("%#x", r.owner),
 		"va", fmt.Sprintf("%#x", va), "len", length, "vcpu", ctx.VCPU, "locked", r.locked)
-	return r.id, nil
+	return r.id, released, nil
 }
 
 // translate walks every page of the range. It checks only what needs no
