@@ -61,8 +61,10 @@
 //	magic "GVMMMIGR" | version u16 (1) | nregions u32 |
 //	nregions × (gpa u64 | size u64) | Options.CPU (the rest)
 //
-// A destination whose regions differ from the source's refuses the stream
-// (ErrLayout); the rest goes to ReceiveOptions.CheckCPU.
+// The rest goes to ReceiveOptions.CheckCPU, then to
+// ReceiveOptions.Prepare when the destination builds its machine from the
+// source's description; a destination whose regions then differ from the
+// source's refuses the stream (ErrLayout).
 //
 // # Timing
 //

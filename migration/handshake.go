@@ -34,31 +34,40 @@ func encodeHandshake(l layout, cpu []byte) []byte {
 	return append(b, cpu...)
 }
 
-// checkHandshake compares the source's layout in b with l and returns the
-// caller's CPU record.
-func checkHandshake(b []byte, l layout) ([]byte, error) {
+// span is a region's address and size as the handshake lists it.
+type span struct{ gpa, size uint64 }
+
+// decodeHandshake returns the source's layout and the caller's CPU record.
+func decodeHandshake(b []byte) ([]span, []byte, error) {
 	if len(b) < handshakeFixed || string(b[:8]) != handshakeMagic {
-		return nil, fmt.Errorf("check handshake: not a gvmm migration handshake")
+		return nil, nil, fmt.Errorf("check handshake: not a gvmm migration handshake")
 	}
 	if v := binary.BigEndian.Uint16(b[8:]); v != handshakeVersion {
-		return nil, fmt.Errorf("check handshake: version %d, this gvmm reads %d", v, handshakeVersion)
+		return nil, nil, fmt.Errorf("check handshake: version %d, this gvmm reads %d", v, handshakeVersion)
 	}
 	n := binary.BigEndian.Uint32(b[10:])
 	if n > maxRegions || uint64(len(b)-handshakeFixed) < 16*uint64(n) {
-		return nil, fmt.Errorf("check handshake: %d regions in %d bytes", n, len(b))
+		return nil, nil, fmt.Errorf("check handshake: %d regions in %d bytes", n, len(b))
 	}
-	if int(n) != len(l.regions) {
-		return nil, fmt.Errorf("check handshake: %w: source has %d regions, destination %d", ErrLayout, n, len(l.regions))
-	}
+	spans := make([]span, n)
 	off := handshakeFixed
-	for i, r := range l.regions {
-		gpa := binary.BigEndian.Uint64(b[off:])
-		size := binary.BigEndian.Uint64(b[off+8:])
-		if gpa != r.GPA || size != uint64(len(r.Data)) {
-			return nil, fmt.Errorf("check handshake: %w: source region %d is %d bytes at %#x, destination's %d bytes at %#x",
-				ErrLayout, i, size, gpa, len(r.Data), r.GPA)
-		}
+	for i := range spans {
+		spans[i] = span{binary.BigEndian.Uint64(b[off:]), binary.BigEndian.Uint64(b[off+8:])}
 		off += 16
 	}
-	return b[off:], nil
+	return spans, b[off:], nil
+}
+
+// checkLayout compares the source's layout with the destination's l.
+func checkLayout(spans []span, l layout) error {
+	if len(spans) != len(l.regions) {
+		return fmt.Errorf("check handshake: %w: source has %d regions, destination %d", ErrLayout, len(spans), len(l.regions))
+	}
+	for i, r := range l.regions {
+		if s := spans[i]; s.gpa != r.GPA || s.size != uint64(len(r.Data)) {
+			return fmt.Errorf("check handshake: %w: source region %d is %d bytes at %#x, destination's %d bytes at %#x",
+				ErrLayout, i, s.size, s.gpa, len(r.Data), r.GPA)
+		}
+	}
+	return nil
 }

@@ -63,7 +63,11 @@ func migrate(t *testing.T, src *fakeSource, dst *fakeDest, s setup) outcome {
 		// source went away, not because the test's context ended.
 		dctx, dcancel := context.WithTimeout(context.Background(), s.timeout)
 		defer dcancel()
-		o.res, o.dstErr = Receive(dctx, ln, dkey, dst, s.ropts)
+		var d Destination = dst
+		if s.ropts.Prepare != nil {
+			d = nil
+		}
+		o.res, o.dstErr = Receive(dctx, ln, dkey, d, s.ropts)
 	})
 	conns := make([]net.Conn, s.conns)
 	for i := range conns {
@@ -277,6 +281,22 @@ func TestMigrateFails(t *testing.T) {
 			dstWant: stream.ErrCPU,
 		},
 		{
+			name: "prepare-fails",
+			opts: Options{CPU: []byte("machine description")},
+			setup: func(_ *testing.T, _ *fakeSource, _ *fakeDest, s *setup) {
+				s.ropts.Prepare = func([]byte) (Destination, error) { return nil, errors.New("no memory for that machine") }
+			},
+			dstWant: stream.ErrCPU,
+		},
+		{
+			name: "prepared-layout-differs",
+			setup: func(_ *testing.T, _ *fakeSource, d *fakeDest, s *setup) {
+				d.regions = d.regions[:1]
+				s.ropts.Prepare = func([]byte) (Destination, error) { return d, nil }
+			},
+			dstWant: ErrLayout,
+		},
+		{
 			name: "layout-differs",
 			setup: func(_ *testing.T, _ *fakeSource, d *fakeDest, _ *setup) {
 				d.regions[1].GPA += PageSize
@@ -381,6 +401,48 @@ func TestCheckRegions(t *testing.T) {
 			l, err := checkRegions(tc.regs)
 			if (err == nil) != tc.ok || l.size != tc.size {
 				t.Fatalf("checkRegions = size %#x, %v; want size %#x, ok %v", l.size, err, tc.size, tc.ok)
+			}
+		})
+	}
+}
+
+// TestReceivePrepare builds the destination from the source's CPU record,
+// as a destination that learns the machine from the source does.
+func TestReceivePrepare(t *testing.T) {
+	src := newFakeSource(t, 4<<20, 500, 64, 3)
+	dst := newFakeDest(src)
+	var got []byte
+	s := setup{opts: Options{CPU: []byte("2 vCPUs, 4 MiB")}}
+	s.ropts.CheckCPU = func(b []byte) error {
+		if got != nil {
+			return errors.New("CheckCPU after Prepare")
+		}
+		return nil
+	}
+	s.ropts.Prepare = func(b []byte) (Destination, error) {
+		got = append([]byte(nil), b...)
+		return dst, nil
+	}
+	o := migrate(t, src, dst, s)
+	checkSuccess(t, src, dst, o)
+	if string(got) != "2 vCPUs, 4 MiB" || string(o.res.CPU) != "2 vCPUs, 4 MiB" {
+		t.Errorf("Prepare saw %q, Result.CPU %q", got, o.res.CPU)
+	}
+}
+
+func TestReceiveNeedsOneDestination(t *testing.T) {
+	prep := func([]byte) (Destination, error) { return nil, nil }
+	for _, tc := range []struct {
+		name string
+		dst  Destination
+		opts ReceiveOptions
+	}{
+		{"neither", nil, ReceiveOptions{}},
+		{"both", &fakeDest{}, ReceiveOptions{Prepare: prep}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if _, err := Receive(context.Background(), nil, testKey, tc.dst, tc.opts); err == nil {
+				t.Fatal("Receive accepted it")
 			}
 		})
 	}

@@ -2,6 +2,7 @@ package migration
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -17,6 +18,13 @@ type ReceiveOptions struct {
 	// page is accepted; its error fails the migration (wrapped in
 	// stream.ErrCPU) and the source keeps running.
 	CheckCPU func(cpu []byte) error
+	// Prepare, when set, builds the destination from the source's CPU
+	// record (after CheckCPU, if any, accepted it), before any page is
+	// accepted: a destination that learns the machine to build from the
+	// source passes a nil dst to Receive and sets Prepare. Its error fails
+	// the migration like CheckCPU's. A destination Prepare built is to be
+	// discarded when Receive fails.
+	Prepare func(cpu []byte) (Destination, error)
 	// Limits bound what the stream may declare (zero: the stream's
 	// defaults). Guest memory is bounded by the destination's own layout
 	// in any case.
@@ -51,21 +59,29 @@ type Result struct {
 // vCPUs. On any error dst's memory and state are undefined and must be
 // discarded; the source has not been acknowledged and keeps the guest.
 // Receive closes the connections it accepted before it returns.
+//
+// dst is the machine to receive into; it is nil when opts.Prepare builds
+// it from the source's CPU record instead.
 func Receive(ctx context.Context, ln net.Listener, key []byte, dst Destination, opts ReceiveOptions) (Result, error) {
 	start := now(opts.Now)
-	rm, err := newRegionMemory(dst)
-	if err != nil {
-		return Result{}, fmt.Errorf("receive migration: %w", err)
+	if (dst == nil) == (opts.Prepare == nil) {
+		return Result{}, errors.New("receive migration: give either a destination or ReceiveOptions.Prepare")
+	}
+	rm := &regionMemory{}
+	if dst != nil {
+		if err := rm.setDest(dst); err != nil {
+			return Result{}, fmt.Errorf("receive migration: %w", err)
+		}
 	}
 	r, conns, err := stream.Accept(ctx, ln, key, rm, rm.streamOptions(opts))
 	if err != nil {
 		return Result{}, fmt.Errorf("receive migration: %w", err)
 	}
 	defer closeAll(conns)
-	return receive(ctx, r, conns[0], rm, dst, opts, start)
+	return receive(ctx, r, conns[0], rm, opts, start)
 }
 
-func receive(ctx context.Context, r *stream.Receiver, ack net.Conn, rm *regionMemory, dst Destination, opts ReceiveOptions, start time.Time) (Result, error) {
+func receive(ctx context.Context, r *stream.Receiver, ack net.Conn, rm *regionMemory, opts ReceiveOptions, start time.Time) (Result, error) {
 	clock := opts.Now
 	res, err := r.Run(ctx)
 	if err != nil {
@@ -76,7 +92,7 @@ func receive(ctx context.Context, r *stream.Receiver, ack net.Conn, rm *regionMe
 	for i, s := range res.States {
 		comps[i] = Component{ID: s.ID, Data: s.Data}
 	}
-	if err := dst.RestoreState(ctx, comps); err != nil {
+	if err := rm.dst.RestoreState(ctx, comps); err != nil {
 		return Result{}, fmt.Errorf("receive migration: restore state: %w", err)
 	}
 	t2 := now(clock)
@@ -102,27 +118,34 @@ func closeAll(conns []net.Conn) {
 	}
 }
 
-// regionMemory is the stream.Memory over a destination's regions.
+// regionMemory is the stream.Memory over a destination's regions. Its
+// destination is set before the stream starts, or by the handshake check
+// (with Prepare), which runs before any page is accepted on any connection.
 type regionMemory struct {
+	dst Destination
 	lay layout
 	cpu []byte // the caller's part of the handshake, once checked
 }
 
-func newRegionMemory(dst Destination) (*regionMemory, error) {
+func (m *regionMemory) setDest(dst Destination) error {
+	if dst == nil {
+		return errors.New("prepare returned no destination")
+	}
 	regs := dst.Regions()
 	if len(regs) > maxRegions {
-		return nil, fmt.Errorf("%w: %d regions (limit %d)", ErrLayout, len(regs), maxRegions)
+		return fmt.Errorf("%w: %d regions (limit %d)", ErrLayout, len(regs), maxRegions)
 	}
 	lay, err := checkRegions(regs)
 	if err != nil {
-		return nil, err
+		return err
 	}
-	return &regionMemory{lay: lay}, nil
+	m.dst, m.lay = dst, lay
+	return nil
 }
 
 func (m *regionMemory) streamOptions(opts ReceiveOptions) stream.ReceiverOptions {
 	lim := opts.Limits
-	if lim.MaxGuestMemory == 0 || lim.MaxGuestMemory > m.lay.size {
+	if m.dst != nil && (lim.MaxGuestMemory == 0 || lim.MaxGuestMemory > m.lay.size) {
 		lim.MaxGuestMemory = m.lay.size
 	}
 	return stream.ReceiverOptions{
@@ -130,7 +153,7 @@ func (m *regionMemory) streamOptions(opts ReceiveOptions) stream.ReceiverOptions
 		// Always set: the handshake (the layout) is checked even when the
 		// caller checks no CPU.
 		CheckCPU: func(b []byte) error {
-			cpu, err := checkHandshake(b, m.lay)
+			spans, cpu, err := decodeHandshake(b)
 			if err != nil {
 				return err
 			}
@@ -138,6 +161,18 @@ func (m *regionMemory) streamOptions(opts ReceiveOptions) stream.ReceiverOptions
 				if err := opts.CheckCPU(cpu); err != nil {
 					return err
 				}
+			}
+			if opts.Prepare != nil {
+				d, err := opts.Prepare(cpu)
+				if err != nil {
+					return fmt.Errorf("prepare destination: %w", err)
+				}
+				if err := m.setDest(d); err != nil {
+					return fmt.Errorf("prepare destination: %w", err)
+				}
+			}
+			if err := checkLayout(spans, m.lay); err != nil {
+				return err
 			}
 			m.cpu = append([]byte(nil), cpu...)
 			return nil
