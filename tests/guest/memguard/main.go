@@ -7,7 +7,7 @@
 //	roundtrip [-mode M] [-size N]   register, write a secret, read it back,
 //	                                compare gvmm's digest, unregister, check the wipe
 //	hold [-mode M] -secret S        register and keep a secret; prints
-//	                                "held PID ADDR LEN ID"; SIGUSR1 re-checks
+//	                                "held PID ADDR LEN ID GPA"; SIGUSR1 re-checks
 //	                                the content ("owner ok"), SIGTERM checks,
 //	                                unregisters and exits
 //	peek -pid P -addr A -len N -secret S
@@ -18,6 +18,9 @@
 //	                                /proc/P/mem (the kernel writes it)
 //	hostile                         hostile registrations, each refused with
 //	                                its error code
+//	iomem                           print the guest-physical ranges of the
+//	                                kernel's code and data (/proc/iomem), for
+//	                                the host to register for measurement
 //	fill -mb N -secret S            touch N MiB of fresh memory (making the
 //	                                kernel reuse a dead owner's pages) and
 //	                                check none of it holds the secret
@@ -32,6 +35,7 @@ import (
 	"os"
 	"os/signal"
 	"strconv"
+	"strings"
 	"syscall"
 
 	"github.com/gvmm/gvmm/tests/guest/memguard/pvmem"
@@ -40,7 +44,7 @@ import (
 
 func main() {
 	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: memguard-guest roundtrip|hold|peek|poke|hostile|fill [flags]")
+		fmt.Fprintln(os.Stderr, "usage: memguard-guest roundtrip|hold|peek|poke|hostile|fill|iomem [flags]")
 		os.Exit(2)
 	}
 	cmd, args := os.Args[1], os.Args[2:]
@@ -58,6 +62,8 @@ func main() {
 		err = hostile()
 	case "fill":
 		err = fill(args)
+	case "iomem":
+		err = iomem()
 	default:
 		err = fmt.Errorf("unknown command %q", cmd)
 	}
@@ -193,7 +199,11 @@ func hold(args []string) error {
 			return err
 		}
 	}
-	fmt.Printf("held %d %#x %d %d\n", os.Getpid(), buf.Addr(), buf.Len(), id)
+	gpa, err := buf.PhysAddr(0)
+	if err != nil {
+		return err
+	}
+	fmt.Printf("held %d %#x %d %d %#x\n", os.Getpid(), buf.Addr(), buf.Len(), id, gpa)
 	check := func() error {
 		got := make([]byte, len(*secret))
 		if err := buf.ReadAt(got, 0); err != nil {
@@ -424,5 +434,31 @@ func fill(args []string) error {
 		b[i] = byte(i)
 	}
 	fmt.Printf("memguard fill: ok (%d MiB, no secret)\n", *mb)
+	return nil
+}
+
+// iomem prints "NAME START END" for the kernel's own ranges in
+// /proc/iomem (addresses are shown only to root).
+func iomem() error {
+	b, err := os.ReadFile("/proc/iomem")
+	if err != nil {
+		return err
+	}
+	found := 0
+	for _, line := range strings.Split(string(b), "\n") {
+		rng, name, ok := strings.Cut(strings.TrimSpace(line), " : ")
+		if !ok || !strings.HasPrefix(name, "Kernel ") {
+			continue
+		}
+		start, end, ok := strings.Cut(rng, "-")
+		if !ok {
+			continue
+		}
+		fmt.Printf("%s 0x%s 0x%s\n", strings.ReplaceAll(strings.ToLower(name), " ", "-"), start, end)
+		found++
+	}
+	if found == 0 {
+		return errors.New("no kernel ranges in /proc/iomem (not root?)")
+	}
 	return nil
 }

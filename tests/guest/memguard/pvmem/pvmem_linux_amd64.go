@@ -3,8 +3,10 @@
 package pvmem
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"os"
 	"runtime"
 	"syscall"
 
@@ -144,7 +146,9 @@ func Alloc(n int) (*Buffer, error) {
 	}
 	ps := unix.Getpagesize()
 	n = (n + ps - 1) / ps * ps
-	b, err := unix.Mmap(-1, 0, n, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS|unix.MAP_POPULATE)
+	// No MAP_POPULATE: MADV_NOHUGEPAGE must come before the first fault,
+	// and mlock then faults every page in, writable.
+	b, err := unix.Mmap(-1, 0, n, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
 	if err != nil {
 		return nil, fmt.Errorf("pvmem: alloc: mmap: %w", err)
 	}
@@ -204,4 +208,28 @@ func (b *Buffer) ReadAt(p []byte, off int) error {
 	}
 	loadBytes(p, b.b[off:off+len(p)])
 	return nil
+}
+
+// PhysAddr returns the guest-physical address of the buffer's byte at off,
+// from /proc/self/pagemap (root only): what gvmm logs in a violation.
+func (b *Buffer) PhysAddr(off int) (uint64, error) {
+	if off < 0 || off >= len(b.b) {
+		return 0, fmt.Errorf("pvmem: phys addr of %d: out of range", off)
+	}
+	f, err := os.Open("/proc/self/pagemap")
+	if err != nil {
+		return 0, fmt.Errorf("pvmem: phys addr: %w", err)
+	}
+	defer f.Close()
+	va := uint64(b.addr()) + uint64(off)
+	var e [8]byte
+	if _, err := f.ReadAt(e[:], int64(va/4096*8)); err != nil {
+		return 0, fmt.Errorf("pvmem: phys addr: read pagemap: %w", err)
+	}
+	v := binary.LittleEndian.Uint64(e[:])
+	pfn := v & (1<<55 - 1)
+	if v&(1<<63) == 0 || pfn == 0 {
+		return 0, errors.New("pvmem: phys addr: page not present (or not root)")
+	}
+	return pfn*4096 + va%4096, nil
 }
