@@ -99,8 +99,10 @@ type VCPUContext struct {
 	VCPU int
 	// CR0, CR3, CR4 and EFER as the vCPU had them.
 	CR0, CR3, CR4, EFER uint64
-	// CPL is the current privilege level: CS.DPL (SS.DPL on SVM, which
-	// is the same in long mode). Only 3 can be an owner.
+	// CPL is the current privilege level: take SS.DPL from
+	// KVM_GET_SREGS, where KVM reports the CPL on both VMX and SVM (CS.DPL
+	// is not the CPL for a conforming code segment). Only 3 can be an
+	// owner.
 	CPL uint8
 	// RIP is logged with violations.
 	RIP uint64

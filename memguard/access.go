@@ -30,7 +30,7 @@ type AccessResult struct {
 // counted and logged. data is at most 8 bytes in practice (KVM splits
 // larger accesses); any length is handled page by page.
 func (g *Guard) HandleAccess(ctx VCPUContext, gpa uint64, data []byte, write bool) AccessResult {
-	if len(data) == 0 {
+	if len(data) == 0 || g.npages.Load() == 0 {
 		return AccessResult{}
 	}
 	g.mu.Lock()

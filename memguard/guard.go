@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -114,6 +115,9 @@ type Guard struct {
 	refusals   uint64
 	// layoutGen counts changes of the protected page set.
 	layoutGen uint64
+	// npages is len(byPage), readable without the lock: MMIO exits of a
+	// VM with nothing protected skip the lock.
+	npages atomic.Int64
 }
 
 // New returns an empty Guard.
@@ -425,6 +429,7 @@ func (g *Guard) release(r *region, why string) {
 }
 
 func (g *Guard) resort() {
+	g.npages.Store(int64(len(g.byPage)))
 	g.sorted = g.sorted[:0]
 	for p := range g.byPage {
 		g.sorted = append(g.sorted, p)
