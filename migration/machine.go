@@ -69,8 +69,10 @@ type Source interface {
 	Pause(ctx context.Context) error
 	// Resume undoes Pause: the guest runs again on the source. Migrate calls
 	// it when the migration fails after Pause was called, also when Pause
-	// itself returned an error (Resume must then undo whatever part of
-	// Pause took effect).
+	// itself returned an error: Resume must then undo whatever part of
+	// Pause took effect, and be harmless on a machine already running
+	// (a Pause that rolled itself back). Migrate gives it a context of its
+	// own (30 s) even when the migration's context is what ended.
 	Resume(ctx context.Context) error
 	// SaveState returns the state of every vCPU and device. Called only
 	// while paused.
