@@ -27,11 +27,14 @@
 //	RBX, RCX, RSI, RDI  arguments
 //	RDX  0x520 (the port; unchanged)
 //
-// When OUT completes, RAX holds 0 on success or a negated Linux errno, and
-// the other registers hold results as below; registers not named are
-// unchanged. Requests from CPL 0-2, or outside 64-bit paging, are refused
-// with -EPERM; accesses of other sizes or IN from the port do nothing (IN
-// reads all ones).
+// Only EAX counts: the upper half of RAX is ignored. When OUT completes,
+// RAX holds 0 on success or a negated Linux errno, and the other
+// registers hold results as below; registers not named are unchanged.
+// Requests from CPL 0-2, or outside 64-bit paging (4-level, or 5-level
+// with CR4.LA57), are refused with -EPERM; accesses of other sizes, string
+// OUTs and IN from the port do nothing (IN reads all ones). On a machine
+// without the device the OUT leaves RAX unchanged, so a library that sees
+// its operation number come back knows there is none.
 //
 //	op 1 VERSION     -> RBX = ABI version (1), RCX = max regions, RSI = max pages
 //	op 2 REGISTER    RBX = virtual address (4 KiB aligned),
@@ -47,14 +50,16 @@
 //
 //	EPERM     1   not from CPL 3 in 64-bit paging, or not the region's owner
 //	ENOENT    2   no such region
-//	EACCES   13   the range maps memory outside RAM, memory gvmm reserves
-//	              (boot tables, firmware tables) or one of the owner's own
-//	              page tables
+//	EACCES   13   the range maps memory outside RAM (the device hole, PCI
+//	              BARs, the APICs), RAM gvmm reserves (boot and firmware
+//	              tables) or one of the owner's own page tables
 //	EFAULT   14   a page is not mapped, not a user page, or not writable
 //	EBUSY    16   overlaps a region of the same owner (virtual) or of anyone
 //	              (physical), or maps one physical page twice
 //	EINVAL   22   bad mode, unaligned or empty range
 //	ENOSPC   28   per-VM limit on regions, pages or memory slots reached
+//	              (each run of protected pages splits a RAM slot; the
+//	              layout must fit KVM_CAP_NR_MEMSLOTS with headroom)
 //	ENOSYS   38   unknown operation
 //	EOVERFLOW 75  the range wraps or leaves the user half of the address space
 //
@@ -81,8 +86,8 @@
 // then treated as gone (below).
 //
 // An owner that exits without unregistering leaves its pages to the
-// kernel. CheckOwners (periodically, and when violations or refusals
-// happen) walks each region's recorded top-level table again; the owner
+// kernel. CheckOwners (called periodically) walks each region's recorded
+// top-level table again; the owner
 // is alive only if every page still maps, as a user page, to the same
 // physical page through the same last-level table page. Otherwise gvmm
 // wipes the pages and releases them, so the kernel can reuse them without
@@ -91,9 +96,10 @@
 // reuses a dead owner's page before the periodic check, its first access
 // finds the owner gone, the region is wiped and released, and the access
 // completes on the now ordinary page, so the kernel's own data is never
-// lost. A freed top-level table
-// reused for another process no longer leads to the same table pages and
-// frames unless the kernel reused every one of them in the same place.
+// lost. A registration that meets a bound page checks that page's owner
+// the same way before refusing. A freed top-level table reused for
+// another process no longer leads to the same table pages and frames
+// unless the kernel reused every one of them in the same place.
 //
 // # What is protected against what
 //
@@ -123,18 +129,22 @@
 //     address spaces, not programs. Protect the code as an integrity
 //     region to narrow this; it does not close it, since the kernel can
 //     map other code into the same address space.
-//   - A kernel that remaps the owner's virtual range to other pages: the
-//     owner then sees those pages, not the protected ones (the secret
-//     stays protected; CheckOwners releases the region, wiping it). The
-//     owner cannot tell without asking gvmm (MEASURE) or checking.
+//   - A kernel that remaps the owner's virtual range to ordinary pages of
+//     its choosing: the owner's later loads and stores go there without
+//     exiting, so what the owner writes after the remap is exposed. What
+//     it wrote before stays protected (the next check finds the binding
+//     changed and wipes the region). The owner can detect this afterwards
+//     (MEASURE hashes the bound pages, which no longer hold what it
+//     wrote) but not prevent it: the guest kernel owns the page tables.
 //   - A kernel that keeps a dead owner's page tables alive delays the
 //     release; it gains nothing by that, since only CPL 3 code on those
 //     tables is the owner (see above).
-//   - Instruction fetch from a confidential page, and any access KVM
-//     cannot emulate (AVX and wider vector loads, atomic read-modify-write
-//     on some hosts): KVM fails the vCPU. The owner uses plain integer
-//     loads and stores, as the guest library does. Page tables inside a
-//     protected page are refused at registration for the same reason.
+//   - Instruction fetch from a confidential page, and accesses with
+//     instructions KVM's emulator does not implement (AVX and most vector
+//     loads and stores): KVM reports an emulation failure instead of an
+//     MMIO exit. The owner uses plain integer loads and stores, as the
+//     guest library does. A page table inside a protected page would
+//     break the CPU's own walks; registration refuses the owner's tables.
 //   - Side channels (access timing, exit counts) and the guest's view of
 //     which pages are protected.
 //   - Memory outside regions, and the register state of the owner (the

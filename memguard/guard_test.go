@@ -241,3 +241,50 @@ func TestProtected(t *testing.T) {
 		}
 	}
 }
+
+func TestRegisterPageSizes(t *testing.T) {
+	tests := []struct {
+		name string
+		la57 bool
+		size uint64
+	}{
+		{"4-level 4K", false, pageSize},
+		{"4-level 2M", false, 2 << 20},
+		{"5-level 4K", true, pageSize},
+		{"5-level 2M", true, 2 << 20},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			m := newFakeMem(memSize)
+			p := newPT(m, tt.la57, tableBase)
+			const va = 0x40000000
+			p.mapPage(va, 0x200000, tt.size, userRW)
+			g, err := New(Config{Memory: m, RAM: []Range{{0, memSize}}, Logger: quiet()})
+			if err != nil {
+				t.Fatal(err)
+			}
+			ctx := userCtx(p.root)
+			if tt.la57 {
+				ctx.CR4 |= cr4LA57
+			}
+			// Four pages inside the mapping, from its second page.
+			r := g.HandleIO(ctx, Regs{RAX: OpRegister, RBX: va + pageSize, RCX: 4 * pageSize, RSI: uint64(Confidential)})
+			want := int64(0)
+			if tt.size == pageSize {
+				want = -int64(EFAULT) // only one 4K page is mapped
+			}
+			if int64(r.Regs.RAX) != want {
+				t.Fatalf("register: %d, want %d", int64(r.Regs.RAX), want)
+			}
+			if want != 0 {
+				return
+			}
+			if !g.Protected(0x201000, 4*pageSize) || g.Protected(0x200000, pageSize) || g.Protected(0x205000, pageSize) {
+				t.Error("wrong pages protected")
+			}
+			if n := g.CheckOwners(); n != 0 {
+				t.Errorf("live owner released (%d)", n)
+			}
+		})
+	}
+}
