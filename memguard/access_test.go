@@ -273,3 +273,40 @@ func BenchmarkHandleAccessUnprotected(b *testing.B) {
 		}
 	}
 }
+
+// TestConcurrent runs the vCPU paths and the periodic work at once, for
+// the race detector.
+func TestConcurrent(t *testing.T) {
+	e := newEnv(t, 8, Config{})
+	kernel := e.ctx
+	kernel.CPL = 0
+	done := make(chan struct{})
+	for w := 0; w < 4; w++ {
+		go func(w int) {
+			defer func() { done <- struct{}{} }()
+			data := make([]byte, 8)
+			for i := 0; i < 200; i++ {
+				switch w {
+				case 0:
+					id, rc := e.register(userVA+uint64(i%8)*pageSize, pageSize, Mode(1+i%2))
+					if rc == 0 {
+						e.g.HandleIO(e.ctx, Regs{RAX: OpUnregister, RBX: id})
+					}
+				case 1:
+					e.g.HandleAccess(e.ctx, dataBase+uint64(i%8)*pageSize, data, i%2 == 0)
+					e.g.HandleAccess(kernel, dataBase+uint64(i%8)*pageSize, data, i%2 == 1)
+				case 2:
+					e.g.CheckOwners()
+					_, _ = e.g.MeasureAll("test")
+				case 3:
+					_ = e.g.Status()
+					_, _, _ = e.g.Slots()
+					_ = e.g.Protected(dataBase, 8*pageSize)
+				}
+			}
+		}(w)
+	}
+	for w := 0; w < 4; w++ {
+		<-done
+	}
+}
