@@ -9,7 +9,8 @@ KVM_TEST_PKGS := ./kvm ./vmm ./tests/integration
 .PHONY: all build test test-unit test-fuzz test-kvm demo bench generate vet fmt-check clean
 
 # Fuzz targets that CI runs for a bounded time each (package:target).
-FUZZ_TARGETS := ./migration/stream:FuzzDecode ./virtio:FuzzChain ./virtio:FuzzQueuePop
+# Every Fuzz* function in the tree, as package:function.
+FUZZ_TARGETS ?= $(shell grep -rHo --exclude-dir=.cache --include='*_test.go' '^func Fuzz[A-Za-z0-9_]*' . | sed -E 's|^(.*)/[^/]*:func (Fuzz.*)|\1:\2|' | sort)
 FUZZ_TIME ?= 15s
 
 all: build
