@@ -112,8 +112,8 @@
 //   - Every such attempt is counted and logged with vCPU, guest-physical
 //     address, RIP, CR3 and CPL, and can become a #GP in the guest
 //     (Config.InjectFaults).
-//   - Emulated DMA, if the VMM consults Protected before its devices touch
-//     guest memory; unexpected changes of a region (including by DMA the
+//   - Emulated DMA, if the VMM hands its devices DMA(mem) instead of
+//     guest RAM itself; unexpected changes of a region (including by DMA the
 //     VMM did not filter) show up as violations at the next measurement.
 //   - On the host: the backing pages are locked (mlock) and, as all guest
 //     RAM, excluded from core dumps; gvmm's own keys live in Secret.
@@ -164,7 +164,8 @@
 // On a 32-bit OUT to Port: HandleIO with the vCPU's registers and context,
 // write the registers back, and when LayoutChanged apply Slots with every
 // vCPU paused, before this vCPU runs again. On an MMIO exit: HandleAccess
-// first; when it is not Handled, dispatch as before. Periodically:
+// first; when it is not Handled, dispatch as before. Devices get guest
+// RAM through DMA. Periodically:
 // CheckOwners (apply Slots if it released anything) and MeasureAll, or
 // Run. For migration: Save while paused; Restore on the destination
 // before resuming, then apply Slots.
