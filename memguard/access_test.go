@@ -2,7 +2,10 @@ package memguard
 
 import (
 	"bytes"
+	"context"
+	"errors"
 	"testing"
+	"time"
 )
 
 func TestHandleAccess(t *testing.T) {
@@ -308,5 +311,27 @@ func TestConcurrent(t *testing.T) {
 	}
 	for w := 0; w < 4; w++ {
 		<-done
+	}
+}
+
+func TestRun(t *testing.T) {
+	e := newEnv(t, 1, Config{})
+	mustRegister(e, userVA, pageSize, Integrity)
+	e.m.put64(e.p.leafEntry(userVA), 0) // the owner dies
+	ctx, cancel := context.WithCancel(context.Background())
+	changed := make(chan struct{}, 1)
+	go func() {
+		<-changed
+		cancel()
+	}()
+	err := e.g.Run(ctx, time.Millisecond, func() { changed <- struct{}{} })
+	if !errors.Is(err, context.Canceled) {
+		t.Errorf("run: %v", err)
+	}
+	if s := e.g.Status(); s.Protected != 0 {
+		t.Errorf("dead owner kept: %+v", s)
+	}
+	if err := e.g.Run(context.Background(), 0, nil); err == nil {
+		t.Error("zero interval accepted")
 	}
 }
