@@ -254,7 +254,7 @@ func (g *Guard) register(ctx VCPUContext, va, length uint64, mode Mode) (uint64,
 	if err := callerOK(ctx); err != nil {
 		return 0, false, fmt.Errorf("register: %w", err)
 	}
-	r, err := g.translate(ctx.root(), ctx.la57(), va, length, mode)
+	r, err := g.translate(ctx.root(), ctx.la57(), va, length, mode, true)
 	if err != nil {
 		return 0, false, fmt.Errorf("register: %w", err)
 	}
@@ -285,8 +285,11 @@ func (g *Guard) register(ctx VCPUContext, va, length uint64, mode Mode) (uint64,
 }
 
 // translate walks every page of the range. It checks only what needs no
-// lock: shape, mapping, permissions and RAM.
-func (g *Guard) translate(root uint64, la57 bool, va, length uint64, mode Mode) (*region, error) {
+// lock: shape, mapping, permissions and RAM. Registration needs writable
+// pages; a restore needs only what a live owner keeps (see alive), since
+// the kernel may have write-protected a page for a while when the VM was
+// saved.
+func (g *Guard) translate(root uint64, la57 bool, va, length uint64, mode Mode, needWrite bool) (*region, error) {
 	if !mode.valid() {
 		return nil, fmt.Errorf("mode %d: %w", mode, EINVAL)
 	}
@@ -312,7 +315,7 @@ func (g *Guard) translate(root uint64, la57 bool, va, length uint64, mode Mode) 
 		if !t.User {
 			return nil, fmt.Errorf("page %#x: %w: %w", a, ErrNotUser, EFAULT)
 		}
-		if !t.Writable {
+		if needWrite && !t.Writable {
 			return nil, fmt.Errorf("page %#x: %w: %w", a, ErrNotWritable, EFAULT)
 		}
 		gpa := t.GPA &^ (pageSize - 1)

@@ -146,7 +146,7 @@ func (g *Guard) restoreRegion(rs RegionState, nextID uint64) error {
 	// The same checks as a registration, on the owner's restored tables:
 	// this also proves the pages and tables in the state are the ones
 	// the guest's own tables lead to.
-	r, err := g.translate(rs.Owner, rs.LA57, rs.VA, uint64(len(rs.Pages))*pageSize, rs.Mode)
+	r, err := g.translate(rs.Owner, rs.LA57, rs.VA, uint64(len(rs.Pages))*pageSize, rs.Mode, false)
 	if err != nil {
 		return fmt.Errorf("%w: %w", err, ErrBadState)
 	}

@@ -104,3 +104,17 @@ func TestRestoreHostile(t *testing.T) {
 		})
 	}
 }
+
+func TestRestoreWriteProtected(t *testing.T) {
+	e := newEnv(t, 1, Config{})
+	mustRegister(e, userVA, pageSize, Confidential)
+	// The kernel write-protects the live owner's page before the save.
+	e.m.put64(e.p.leafEntry(userVA), dataBase|ptePresent|pteUser)
+	st, err := e.g.Save()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Restore(Config{Memory: e.m, RAM: []Range{{0, memSize}}, Logger: quiet()}, st); err != nil {
+		t.Errorf("restore of a write-protected live owner: %v", err)
+	}
+}
