@@ -147,6 +147,12 @@
 //     break the CPU's own walks; registration refuses the owner's tables.
 //   - Side channels (access timing, exit counts) and the guest's view of
 //     which pages are protected.
+//   - The guest from its own root: any process with the port (root) can
+//     protect any frame it maps writable, shared memory and, where
+//     /dev/mem allows, kernel memory included, and so take it away from
+//     the other processes or the kernel; root can harm its guest anyway.
+//     Ports are the guest kernel's to grant, so the guest decides who may
+//     register at all.
 //   - Memory outside regions, and the register state of the owner (the
 //     kernel saves it on every interrupt).
 //
