@@ -3,8 +3,8 @@ package policy
 import (
 	"encoding/json"
 	"errors"
-	"io"
 	"fmt"
+	"io"
 	"slices"
 	"sync"
 )
