@@ -3,6 +3,7 @@ package policy
 import (
 	"crypto/ed25519"
 	"crypto/sha256"
+	"encoding/json"
 	"testing"
 	"time"
 
@@ -63,8 +64,12 @@ func (w *world) host(name string) Principal {
 	return p
 }
 
-func (w *world) m14() Measurement { return Measurement{Executable: digestHex(w.v14), Version: "gvmm-1.4"} }
-func (w *world) m15() Measurement { return Measurement{Executable: digestHex(w.v15), Version: "gvmm-1.5"} }
+func (w *world) m14() Measurement {
+	return Measurement{Executable: digestHex(w.v14), Version: "gvmm-1.4"}
+}
+func (w *world) m15() Measurement {
+	return Measurement{Executable: digestHex(w.v15), Version: "gvmm-1.5"}
+}
 
 // ownerRules is Tom's layer: he moves his VM between his devices and the
 // office, on gvmm 1.4 or 1.5.
@@ -101,7 +106,9 @@ func (w *world) entLayer(signer string, v uint64, r Rules) *Signed {
 	return s
 }
 
-func (w *world) doc(owner, ent *Signed) *VMPolicyDoc { return &VMPolicyDoc{Owner: owner, Enterprise: ent} }
+func (w *world) doc(owner, ent *Signed) *VMPolicyDoc {
+	return &VMPolicyDoc{Owner: owner, Enterprise: ent}
+}
 
 func (w *world) verify(d *VMPolicyDoc) *VMPolicy {
 	p, err := VerifyVMPolicy(d, w.dir)
@@ -140,4 +147,12 @@ func (w *world) migrate(user string, from, to Principal) *Authenticated {
 
 func att(h Principal, trust tpm.TrustLevel, exe [32]byte) *Attestation {
 	return &Attestation{HostID: h.TPMHostID, Trust: trust, Executable: exe}
+}
+
+func mustJSON(t testing.TB, v any) []byte {
+	b, err := json.Marshal(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
 }

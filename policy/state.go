@@ -7,6 +7,8 @@ import (
 	"io"
 	"slices"
 	"sync"
+
+	"github.com/gvmm/gvmm/tpm"
 )
 
 // StateBlob is the name under which a host's policy state is kept in its
@@ -256,3 +258,6 @@ func LoadHostState(st BlobStore) (*HostState, error) {
 	}
 	return UnmarshalHostState(b)
 }
+
+// The host's sealed store is where policies are kept.
+var _ BlobStore = (*tpm.Store)(nil)
