@@ -154,18 +154,18 @@ func EvaluateMigrateOut(in MigrateOut) Decision {
 		return deny("request", "no authenticated request")
 	case in.Policy == nil:
 		return deny("policy", "no verified policy for the vm")
-	case in.Request.Request.Action != ActionMigrate:
-		return deny("request", "request is %q, not migrate", in.Request.Request.Action)
-	case in.Request.Request.VM != in.Policy.VM():
-		return deny("request", "request is for vm %s, policy for vm %s", in.Request.Request.VM, in.Policy.VM())
-	case in.Request.Request.Audience != in.Source.ID():
-		return deny("request", "request is addressed to host %s, not this host", in.Request.Request.Audience)
-	case in.Request.Request.Destination != in.Destination.ID() || in.Destination.Kind != KindHost:
-		return deny("request", "request names destination %s, peer is %s (%s)", in.Request.Request.Destination, in.Destination.ID(), in.Destination.Name)
+	case in.Request.request.Action != ActionMigrate:
+		return deny("request", "request is %q, not migrate", in.Request.request.Action)
+	case in.Request.request.VM != in.Policy.VM():
+		return deny("request", "request is for vm %s, policy for vm %s", in.Request.request.VM, in.Policy.VM())
+	case in.Request.request.Audience != in.Source.ID():
+		return deny("request", "request is addressed to host %s, not this host", in.Request.request.Audience)
+	case in.Request.request.Destination != in.Destination.ID() || in.Destination.Kind != KindHost:
+		return deny("request", "request names destination %s, peer is %s (%s)", in.Request.request.Destination, in.Destination.ID(), in.Destination.Name)
 	case in.Destination.ID() == in.Source.ID():
 		return deny("request", "destination is this host")
 	}
-	p, req := in.Policy, &in.Request.Requester
+	p, req := in.Policy, &in.Request.requester
 	var fails []failure
 	var allowed []string
 	fail := func(f failure) { fails = append(fails, f) }

@@ -84,15 +84,15 @@ type Principal struct {
 }
 
 // ID returns the principal's key id.
-func (p *Principal) ID() KeyID { return KeyIDOf(p.Key) }
+func (p Principal) ID() KeyID { return KeyIDOf(p.Key) }
 
 // HasRole reports whether a user holds role r in the directory.
-func (p *Principal) HasRole(r Role) bool {
+func (p Principal) HasRole(r Role) bool {
 	return p.Kind == KindUser && slices.Contains(p.Roles, r)
 }
 
 // InGroup reports whether a host is in group g.
-func (p *Principal) InGroup(g string) bool {
+func (p Principal) InGroup(g string) bool {
 	return p.Kind == KindHost && slices.Contains(p.Groups, g)
 }
 

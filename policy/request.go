@@ -100,14 +100,26 @@ func SignRequest(key ed25519.PrivateKey, r Request) (*Signed, error) {
 }
 
 // Authenticated is a request whose signature, freshness, audience and
-// uniqueness were checked. Only Authenticator makes one.
+// uniqueness were checked. Only Authenticator makes one: its fields are
+// unexported so that no caller can put a name on a request.
 type Authenticated struct {
-	// Requester is the user whose key signed the request.
-	Requester Principal
-	Request   Request
-	// Digest is the SHA-256 of the signed message, for the audit log.
-	Digest string
+	requester Principal
+	request   Request
+	digest    string
 }
+
+// Requester returns the user whose key signed the request.
+func (a *Authenticated) Requester() Principal { return a.requester.clone() }
+
+// Request returns the request.
+func (a *Authenticated) Request() Request {
+	r := a.request
+	r.Nonce = append([]byte(nil), r.Nonce...)
+	return r
+}
+
+// Digest is the hex SHA-256 of the signed message, for the audit log.
+func (a *Authenticated) Digest() string { return a.digest }
 
 // AuthConfig configures an Authenticator.
 type AuthConfig struct {
@@ -183,7 +195,7 @@ func (a *Authenticator) Authenticate(s *Signed) (*Authenticated, error) {
 		return nil, fmt.Errorf("authenticate request: %w", err)
 	}
 	d := sha256.Sum256(signedMessage(TypeRequest, s.Body))
-	return &Authenticated{Requester: p.clone(), Request: r, Digest: hex.EncodeToString(d[:])}, nil
+	return &Authenticated{requester: p.clone(), request: r, digest: hex.EncodeToString(d[:])}, nil
 }
 
 // DefaultReplayEntries is the default capacity of a ReplayCache.

@@ -75,8 +75,8 @@ func TestAuthenticate(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				if ar.Requester.ID() != tc.s.Signer || ar.Digest == "" {
-					t.Fatalf("requester %s, signer %s", ar.Requester.ID(), tc.s.Signer)
+				if ar.Requester().ID() != tc.s.Signer || ar.Digest() == "" {
+					t.Fatalf("requester %s, signer %s", ar.Requester().ID(), tc.s.Signer)
 				}
 				return
 			}

@@ -68,22 +68,22 @@ func (s *HostState) VMPolicy(vm string) (*VMPolicy, bool) {
 // VM not yet known: the owner the policy names, or an admin); and the new
 // policy must pass CheckUpdate against the installed one.
 func (s *HostState) SetVMPolicy(req *Authenticated, doc *VMPolicyDoc) (*VMPolicy, error) {
-	if req == nil || req.Request.Action != ActionSetVMPolicy {
+	if req == nil || req.request.Action != ActionSetVMPolicy {
 		return nil, fmt.Errorf("set vm policy: %w: not a set-vm-policy request", ErrForbidden)
 	}
 	enc, err := doc.Marshal()
 	if err != nil {
 		return nil, fmt.Errorf("set vm policy: %w", err)
 	}
-	if DocumentDigest(enc) != req.Request.Document {
+	if DocumentDigest(enc) != req.request.Document {
 		return nil, fmt.Errorf("set vm policy: %w: request names another document", ErrForbidden)
 	}
 	next, err := VerifyVMPolicy(doc, s.dir)
 	if err != nil {
 		return nil, fmt.Errorf("set vm policy: %w", err)
 	}
-	if next.VM() != req.Request.VM {
-		return nil, fmt.Errorf("set vm policy: %w: request is for vm %s", ErrForbidden, req.Request.VM)
+	if next.VM() != req.request.VM {
+		return nil, fmt.Errorf("set vm policy: %w: request is for vm %s", ErrForbidden, req.request.VM)
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -91,8 +91,8 @@ func (s *HostState) SetVMPolicy(req *Authenticated, doc *VMPolicyDoc) (*VMPolicy
 	if cur, ok := s.vms[next.VM()]; ok {
 		owner = cur.owner.Owner
 	}
-	if req.Requester.ID() != owner && !req.Requester.HasRole(RoleAdmin) {
-		return nil, fmt.Errorf("set vm policy %s: %w: %s is neither its owner nor an admin", next.VM(), ErrForbidden, req.Requester.Name)
+	if req.requester.ID() != owner && !req.requester.HasRole(RoleAdmin) {
+		return nil, fmt.Errorf("set vm policy %s: %w: %s is neither its owner nor an admin", next.VM(), ErrForbidden, req.requester.Name)
 	}
 	return next, s.installLocked(next)
 }
@@ -127,25 +127,25 @@ func (s *HostState) installLocked(next *VMPolicy) error {
 // set-host-policy request naming exactly this document, from the host's
 // owner or an admin. The version must grow.
 func (s *HostState) SetHostPolicy(req *Authenticated, signed *Signed) (*VerifiedHostPolicy, error) {
-	if req == nil || req.Request.Action != ActionSetHostPolicy {
+	if req == nil || req.request.Action != ActionSetHostPolicy {
 		return nil, fmt.Errorf("set host policy: %w: not a set-host-policy request", ErrForbidden)
 	}
 	enc, err := signed.Marshal()
 	if err != nil {
 		return nil, fmt.Errorf("set host policy: %w", err)
 	}
-	if DocumentDigest(enc) != req.Request.Document {
+	if DocumentDigest(enc) != req.request.Document {
 		return nil, fmt.Errorf("set host policy: %w: request names another document", ErrForbidden)
 	}
 	next, err := VerifyHostPolicy(signed, s.dir)
 	if err != nil {
 		return nil, fmt.Errorf("set host policy: %w", err)
 	}
-	if next.pol.Host != req.Request.Audience {
+	if next.pol.Host != req.request.Audience {
 		return nil, fmt.Errorf("set host policy: %w: policy is for another host", ErrForbidden)
 	}
-	if req.Requester.ID() != next.host.Owner && !req.Requester.HasRole(RoleAdmin) {
-		return nil, fmt.Errorf("set host policy: %w: %s is neither the host's owner nor an admin", ErrForbidden, req.Requester.Name)
+	if req.requester.ID() != next.host.Owner && !req.requester.HasRole(RoleAdmin) {
+		return nil, fmt.Errorf("set host policy: %w: %s is neither the host's owner nor an admin", ErrForbidden, req.requester.Name)
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()

@@ -49,8 +49,9 @@ type Event struct {
 func EventFor(host policy.KeyID, kind string, req *policy.Authenticated, d policy.Decision) Event {
 	e := Event{Host: host, Kind: kind, Decision: d}
 	if req != nil {
-		e.Requester, e.Request = req.Requester.ID(), req.Digest
-		e.VM, e.Destination = req.Request.VM, req.Request.Destination
+		r := req.Request()
+		e.Requester, e.Request = req.Requester().ID(), req.Digest()
+		e.VM, e.Destination = r.VM, r.Destination
 	}
 	return e
 }
