@@ -6,6 +6,8 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
+	"slices"
+	"strings"
 	"sync"
 	"time"
 )
@@ -213,6 +215,40 @@ type ReplayCache struct {
 // NewReplayCache returns a cache of at most max entries (at least 1).
 func NewReplayCache(n int) *ReplayCache {
 	return &ReplayCache{seen: map[string]time.Time{}, max: max(n, 1)}
+}
+
+// replayEntry is a remembered nonce, as kept in the host state.
+type replayEntry struct {
+	Key     string `json:"key"`
+	Expires int64  `json:"expires"`
+}
+
+// snapshot returns the entries, sorted by key, for the host state.
+func (c *ReplayCache) snapshot() []replayEntry {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	out := make([]replayEntry, 0, len(c.seen))
+	for k, exp := range c.seen {
+		out = append(out, replayEntry{Key: k, Expires: exp.Unix()})
+	}
+	slices.SortFunc(out, func(a, b replayEntry) int { return strings.Compare(a.Key, b.Key) })
+	return out
+}
+
+// restore fills an empty cache from a host state's entries.
+func (c *ReplayCache) restore(es []replayEntry) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if len(es) > c.max {
+		return fmt.Errorf("restore replay cache: %w: %d entries (max %d)", ErrInvalid, len(es), c.max)
+	}
+	for _, e := range es {
+		if len(e.Key) > 2*maxNameLen+2*MaxNonce {
+			return fmt.Errorf("restore replay cache: %w: entry", ErrInvalid)
+		}
+		c.seen[e.Key] = time.Unix(e.Expires, 0)
+	}
+	return nil
 }
 
 // Use records key until expires (inclusive), failing with ErrReplay if it is already

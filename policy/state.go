@@ -37,12 +37,24 @@ type HostState struct {
 	dir  *Directory
 	host *VerifiedHostPolicy  // guarded by mu
 	vms  map[string]*VMPolicy // guarded by mu
+	// replay holds the nonces of requests this host accepted; it is
+	// saved with the state so that a request is refused as a replay
+	// across restarts and separate gvmm processes.
+	replay *ReplayCache
 }
+
+// StateReplayEntries is the capacity of a host state's replay cache.
+const StateReplayEntries = 8192
 
 // NewHostState returns an empty state over a directory.
 func NewHostState(dir *Directory) *HostState {
-	return &HostState{dir: dir, vms: map[string]*VMPolicy{}}
+	return &HostState{dir: dir, vms: map[string]*VMPolicy{}, replay: NewReplayCache(StateReplayEntries)}
 }
+
+// Replay returns the state's replay cache, for AuthConfig.Replay: a
+// caller that authenticates requests with it and saves the state after
+// each keeps requests single-use across processes.
+func (s *HostState) Replay() *ReplayCache { return s.replay }
 
 // Directory returns the directory.
 func (s *HostState) Directory() *Directory { return s.dir }
@@ -162,6 +174,7 @@ type stateFile struct {
 	Directory  []Principal    `json:"directory"`
 	HostPolicy *Signed        `json:"host_policy,omitempty"`
 	VMs        []*VMPolicyDoc `json:"vms,omitempty"`
+	Nonces     []replayEntry  `json:"nonces,omitempty"`
 }
 
 const stateFormat = 1
@@ -182,6 +195,7 @@ func MarshalHostState(s *HostState) ([]byte, error) {
 		f.VMs = append(f.VMs, s.vms[n].Doc())
 	}
 	s.mu.Unlock()
+	f.Nonces = s.replay.snapshot()
 	b, err := json.Marshal(&f)
 	if err != nil {
 		return nil, fmt.Errorf("marshal host state: %w", err)
@@ -234,6 +248,9 @@ func UnmarshalHostState(b []byte) (*HostState, error) {
 			return nil, fmt.Errorf("unmarshal host state: %w: vm %s twice", ErrInvalid, p.VM())
 		}
 		s.vms[p.VM()] = p
+	}
+	if err := s.replay.restore(f.Nonces); err != nil {
+		return nil, fmt.Errorf("unmarshal host state: %w", err)
 	}
 	return s, nil
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"testing"
+	"time"
 )
 
 // setVM asks host to install doc as user.
@@ -244,4 +245,37 @@ func TestHostStateRoundTrip(t *testing.T) {
 			t.Fatalf("err = %v", err)
 		}
 	})
+}
+
+// TestReplayAcrossRestart: a request used once is refused by the same host
+// after its state was saved and loaded again (another gvmm process).
+func TestReplayAcrossRestart(t *testing.T) {
+	w := newWorld(t)
+	st := memStore{}
+	s := NewHostState(w.dir)
+	signed, err := SignRequest(w.keys["tom"], Request{Action: ActionMigrate, Audience: w.tomLaptop.ID(), VM: "tom-vm", Destination: w.tomDesktop.ID(), IssuedAt: w.now.Unix()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	authWith := func(s *HostState) error {
+		a, err := NewAuthenticator(AuthConfig{Directory: s.Directory(), Host: w.tomLaptop.ID(), Replay: s.Replay(), Now: func() time.Time { return w.now }})
+		if err != nil {
+			return err
+		}
+		_, err = a.Authenticate(signed)
+		return err
+	}
+	if err := authWith(s); err != nil {
+		t.Fatal(err)
+	}
+	if err := SaveHostState(st, s); err != nil {
+		t.Fatal(err)
+	}
+	again, err := LoadHostState(st)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := authWith(again); !errors.Is(err, ErrReplay) {
+		t.Fatalf("replay after restart: %v", err)
+	}
 }
