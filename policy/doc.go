@@ -36,7 +36,9 @@
 // requester: the requester is the key that signed. Authenticator checks
 // the signature against the directory, the audience, a validity window
 // (MaxAge back, Skew forward) and consumes the nonce in a ReplayCache, so
-// a signed request works once, on one host, for a short time.
+// a signed request works once, on one host, for a short time. The host
+// state carries its own replay cache (HostState.Replay), saved with it, so
+// that separate gvmm processes and restarts do not forget used nonces.
 //
 // # VM policies and how IT overrides owners
 //
@@ -56,7 +58,9 @@
 // current owner or an admin (CheckUpdate). Installing a policy at a
 // user's request (HostState.SetVMPolicy) needs a signed set-vm-policy
 // request naming the document's digest, from the current owner or an
-// admin.
+// admin. A layer naming a new owner must be signed by that owner or an
+// admin, and a change of owner by the current owner or an admin: only IT
+// can give a VM to someone else.
 //
 // # Evaluation
 //
@@ -67,6 +71,14 @@
 // only failures are measurements carries a Remediation: the gvmm builds
 // every layer accepts. EvaluateMigrateIn is the destination's decision
 // under its HostPolicy.
+//
+// # Host state
+//
+// HostState (directory, migrate-in policy, VM policies, used nonces) is
+// encoded by MarshalHostState for the host's sealed store (tpm.Store, as
+// BlobStore, blob StateBlob); UnmarshalHostState verifies every policy in
+// it again. The directory is not signed: it is the host's trust root,
+// protected by the sealed store like the TPM-sealed key that opens it.
 //
 // # What it does not protect against
 //
