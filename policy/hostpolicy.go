@@ -65,6 +65,7 @@ type VerifiedHostPolicy struct {
 // directory, and the signer is its owner or an admin.
 func VerifyHostPolicy(s *Signed, dir *Directory) (*VerifiedHostPolicy, error) {
 	v := &VerifiedHostPolicy{}
+	s = s.clone()
 	signer, err := s.verify(dir, TypeHostPolicy, &v.pol)
 	if err != nil {
 		return nil, fmt.Errorf("verify host policy: %w", err)
@@ -93,7 +94,7 @@ func (v *VerifiedHostPolicy) Policy() HostPolicy {
 }
 
 // Signed returns the signed document.
-func (v *VerifiedHostPolicy) Signed() *Signed { s := v.signed; return &s }
+func (v *VerifiedHostPolicy) Signed() *Signed { return v.signed.clone() }
 
 // MigrateIn is the evaluator's input for accepting a VM.
 type MigrateIn struct {

@@ -152,6 +152,17 @@ func ParseSigned(r io.Reader) (*Signed, error) {
 	return &s, nil
 }
 
+// clone returns a deep copy (nil for nil).
+func (s *Signed) clone() *Signed {
+	if s == nil {
+		return nil
+	}
+	c := *s
+	c.Body = bytes.Clone(s.Body)
+	c.Sig = bytes.Clone(s.Sig)
+	return &c
+}
+
 // Marshal encodes the envelope.
 func (s *Signed) Marshal() ([]byte, error) {
 	b, err := json.Marshal(s)

@@ -2,6 +2,7 @@ package policy
 
 import (
 	"bytes"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"testing"
@@ -227,12 +228,12 @@ func TestHostStateRoundTrip(t *testing.T) {
 		})
 	}
 	t.Run("policy signature", func(t *testing.T) {
-		got.mu.Lock()
-		p := got.vms["tom-vm"]
-		p.doc.Owner.Sig = bytes.Clone(p.doc.Owner.Sig)
-		p.doc.Owner.Sig[0] ^= 1
-		got.mu.Unlock()
-		b, err := MarshalHostState(got)
+		var f stateFile
+		if err := json.Unmarshal(enc, &f); err != nil {
+			t.Fatal(err)
+		}
+		f.VMs[0].Owner.Sig[0] ^= 1
+		b, err := json.Marshal(&f)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -205,6 +205,9 @@ func VerifyVMPolicy(doc *VMPolicyDoc, dir *Directory) (*VMPolicy, error) {
 	if doc == nil || doc.Owner == nil {
 		return nil, fmt.Errorf("verify vm policy: %w: no owner layer", ErrInvalid)
 	}
+	// Verify a private copy, so that the caller changing its document
+	// afterwards cannot change what was verified.
+	doc = &VMPolicyDoc{Owner: doc.Owner.clone(), Enterprise: doc.Enterprise.clone()}
 	p := &VMPolicy{doc: *doc}
 	signer, err := doc.Owner.verify(dir, TypeOwnerLayer, &p.owner)
 	if err != nil {
@@ -269,7 +272,9 @@ func (p *VMPolicy) EnterpriseLayer() (EnterpriseLayer, bool) {
 }
 
 // Doc returns the signed document the policy was verified from.
-func (p *VMPolicy) Doc() *VMPolicyDoc { d := p.doc; return &d }
+func (p *VMPolicy) Doc() *VMPolicyDoc {
+	return &VMPolicyDoc{Owner: p.doc.Owner.clone(), Enterprise: p.doc.Enterprise.clone()}
+}
 
 // MinTrust is the effective minimum trust level: the higher of the layers'.
 func (p *VMPolicy) MinTrust() tpm.TrustLevel { return p.minTrust }
