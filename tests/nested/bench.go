@@ -100,14 +100,21 @@ func benchMode(ctx context.Context, p *progress, args []string) error {
 		"-mem", *guestMem, "-cpus", fmt.Sprint(*guestCPUs), "-vmms", iof.vmms,
 		"-boot-timeout", bootTimeout.String(), fmt.Sprintf("-v=%v", *verbose)}
 	report := func(parser *consoleParser) error {
-		var errs []error
+		var errs []string
 		if *n > 0 {
-			errs = append(errs, benchReport(p, parser, vmmList, *n, *guestMem, *guestCPUs, nested))
+			if err := benchReport(p, parser, vmmList, *n, *guestMem, *guestCPUs, nested); err != nil {
+				errs = append(errs, err.Error())
+			}
 		}
 		if iof.runs > 0 {
-			errs = append(errs, ioReport(p, parser, ioVMMs, iof, *guestMem, *guestCPUs, nested))
+			if err := ioReport(p, parser, ioVMMs, iof, *guestMem, *guestCPUs, nested); err != nil {
+				errs = append(errs, err.Error())
+			}
 		}
-		return errors.Join(errs...)
+		if len(errs) > 0 {
+			return errors.New(strings.Join(errs, "; "))
+		}
+		return nil
 	}
 
 	parser := newConsoleParser()
