@@ -155,6 +155,16 @@ type PCI struct {
 	queues      []queueCfg
 	active      bool
 	cancel      context.CancelFunc
+	// vqs are the queues handed to the device at activation (nil where
+	// not enabled), kept to read their indices when it is quiesced.
+	vqs []*Queue
+	// quiesced: the device is stopped for a snapshot or migration while
+	// the driver still considers it running; notifications are noted in
+	// pending and delivered when it starts again. resume, when set, gives
+	// the indices the next activation starts its queues at.
+	quiesced bool
+	pending  []bool
+	resume   []QueueIndices
 	// needsReset is DEVICE_NEEDS_RESET; workers set it without mu.
 	needsReset atomic.Bool
 	configGen  atomic.Uint32
@@ -197,6 +207,7 @@ func NewPCI(dev Device, mem GuestMemory, irq Interrupter, opts PCIOptions) (*PCI
 	}
 	nvec := len(sizes) + 1 // one per queue and one for configuration changes
 	p.queues = make([]queueCfg, len(sizes))
+	p.pending = make([]bool, len(sizes))
 	p.queueVectors = make([]uint16, len(sizes))
 	p.msixTable = make([]byte, 16*nvec)
 	p.pba = make([]uint64, (nvec+63)/64)
@@ -415,7 +426,13 @@ func (p *PCI) BARWrite(off uint64, data []byte) {
 func (p *PCI) Notify(q int) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.active && q >= 0 && q < len(p.queues) && p.queues[q].enabled {
+	if q < 0 || q >= len(p.queues) || !p.queues[q].enabled {
+		return
+	}
+	switch {
+	case p.quiesced:
+		p.pending[q] = true
+	case p.active:
 		p.dev.Notify(q)
 	}
 }
@@ -624,8 +641,13 @@ func (p *PCI) activateLocked() error {
 		if err != nil {
 			return fmt.Errorf("activate queue %d: %w", i, err)
 		}
+		if p.resume != nil {
+			vq.setIndices(p.resume[i])
+		}
 		env.Queues[i] = vq
 	}
+	p.resume = nil
+	p.vqs = env.Queues
 	ctx, cancel := context.WithCancel(p.ctx)
 	if err := p.dev.Activate(ctx, env); err != nil {
 		cancel()
@@ -645,6 +667,7 @@ func (p *PCI) resetLocked() {
 		p.active, p.cancel = false, nil
 	}
 	p.dev.Reset()
+	p.vqs, p.quiesced, p.resume = nil, false, nil
 	p.resetState()
 }
 

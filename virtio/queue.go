@@ -98,6 +98,31 @@ func NewQueue(mem GuestMemory, cfg QueueConfig, features uint64) (*Queue, error)
 	}, nil
 }
 
+// QueueIndices are a queue's device-side indices: what a snapshot or a
+// migration carries so that a queue made anew continues where the old one
+// stopped.
+type QueueIndices struct {
+	// NextAvail is the next available-ring slot the device consumes.
+	NextAvail uint16
+	// Used is the used index the device last published.
+	Used uint16
+}
+
+// indices returns the queue's indices with every chain that was taken but
+// not completed given back: the next device resumes at the first of them.
+// This relies on the devices completing each queue's chains in the order
+// they take them, which every gvmm device does (one worker per queue).
+func (q *Queue) indices() QueueIndices {
+	return QueueIndices{NextAvail: q.usedIdx, Used: q.usedIdx}
+}
+
+// setIndices starts a new queue at saved indices. Interrupt suppression
+// restarts as if the device had just signalled, and the transport sends
+// one interrupt after a restore so that nothing pending is missed.
+func (q *Queue) setIndices(ix QueueIndices) {
+	q.lastAvail, q.usedIdx, q.signalled = ix.NextAvail, ix.Used, ix.Used
+}
+
 // Size is the number of descriptors.
 func (q *Queue) Size() uint16 { return q.cfg.Size }
 
