@@ -5,8 +5,10 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"time"
 
@@ -188,7 +190,25 @@ func benchMode(ctx context.Context, p *progress, args []string) error {
 	if len(parser.errors) > 0 {
 		p.say("problems reported: %s", strings.Join(parser.errors, "; "))
 	}
+	if l := hostLoad(); l != "" {
+		// Under emulation every figure scales with the host CPU time L1
+		// gets: another nested run beside this one can halve it.
+		p.say("host load averages (1, 5, 15 min) at the end: %s on %d CPUs; figures taken beside other CPU-heavy work (another L1) are noisy", l, runtime.NumCPU())
+	}
 	return report(parser)
+}
+
+// hostLoad is the first three fields of /proc/loadavg, "" if unreadable.
+func hostLoad() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return ""
+	}
+	f := strings.Fields(string(b))
+	if len(f) < 3 {
+		return ""
+	}
+	return strings.Join(f[:3], " ")
 }
 
 // ioFlags are the bench mode's flags for iobench (tests/nested/iobench).

@@ -83,7 +83,11 @@
 // IOBENCH RESULT" line per transfer; the harness prints median, min and
 // max MiB/s per test side by side with the gvmm/QEMU ratio. The sizes
 // (-disk-mib, -net-mib) keep a transfer to seconds under this emulation;
-// -n 0 or -io-n 0 leaves out the boot or the I/O part.
+// -n 0 or -io-n 0 leaves out the boot or the I/O part. Under emulation
+// the figures scale with the host CPU time L1 gets; a second nested run on
+// the same 2-core host moved single transfers by 2-20x, so the mode ends
+// with the host's load averages, and only runs on an otherwise idle host
+// compare well.
 //
 // Downloads (apt-get download, unpacked with dpkg -x) are cached under
 // $GVMM_CACHE (default <repo>/.cache/gvmm), one folder per package version.
