@@ -26,8 +26,9 @@
 // and "agent tcpsend 10.0.2.1:5001 N" to a receiver here, which times the
 // transfer from accepting the connection to its end. It prints one result
 // line per transfer (format in tests/nested/internal/benchfmt) as soon as
-// it is measured, relays gvmm run --stats's lines (exit counts), and
-// exits 1 if any transfer failed.
+// it is measured, then the guest's block, packet and interrupt counters
+// and gvmm run --stats's lines (exit counts), and exits 1 if any transfer
+// failed.
 package main
 
 import (
@@ -308,7 +309,31 @@ func (b *boot) measure(ctx context.Context, g *guest, tap string, record func(be
 		}
 		record(r)
 	}
+	b.guestCounters(ctx, g)
 	return ""
+}
+
+// countersCmd prints, after the measurements, what explains differences
+// between VMMs with the same guest: requests the block layer completed
+// (/sys/block/vda/stat: reads, merges, sectors, ticks, then the same for
+// writes), packets (few tx packets per MiB mean TSO was negotiated) and
+// interrupts per virtio vector.
+const countersCmd = "for f in /sys/block/vda/stat /sys/class/net/eth0/statistics/tx_packets /sys/class/net/eth0/statistics/rx_packets; do echo \"$f: $(cat $f)\"; done; grep -i virtio /proc/interrupts"
+
+// guestCounters logs the guest's counters (countersCmd); failing to is
+// no failure of the benchmark.
+func (b *boot) guestCounters(ctx context.Context, g *guest) {
+	out, err := g.shell(ctx, countersCmd, b.c.opTimeout)
+	if err != nil {
+		b.say("guest counters: %v", err)
+		return
+	}
+	for _, l := range out {
+		if strings.Contains(l, "iob-\"end") || strings.Contains(l, "for f in") {
+			continue // the echoed command line
+		}
+		b.say("guest counters: %s", strings.Join(strings.Fields(l), " "))
+	}
 }
 
 // netTx has the guest send netMiB MiB to ln and times it at the receiver.
