@@ -320,6 +320,9 @@ func (b *boot) measure(ctx context.Context, g *guest, tap string, record func(be
 // interrupts per virtio vector.
 const countersCmd = "for f in /sys/block/vda/stat /sys/class/net/eth0/statistics/tx_packets /sys/class/net/eth0/statistics/rx_packets; do echo \"$f: $(cat $f)\"; done; grep -i virtio /proc/interrupts"
 
+// counterLine matches the lines of countersCmd's output.
+var counterLine = regexp.MustCompile(`^(/sys/\S+: |\s*\d+:\s)`)
+
 // guestCounters logs the guest's counters (countersCmd); failing to is
 // no failure of the benchmark.
 func (b *boot) guestCounters(ctx context.Context, g *guest) {
@@ -329,10 +332,11 @@ func (b *boot) guestCounters(ctx context.Context, g *guest) {
 		return
 	}
 	for _, l := range out {
-		if strings.Contains(l, "iob-\"end") || strings.Contains(l, "for f in") {
-			continue // the echoed command line
+		// The rest is the echoed command line, wrapped by the terminal,
+		// and prompts.
+		if counterLine.MatchString(l) {
+			b.say("guest counters: %s", strings.Join(strings.Fields(l), " "))
 		}
-		b.say("guest counters: %s", strings.Join(strings.Fields(l), " "))
 	}
 }
 

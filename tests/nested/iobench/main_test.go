@@ -74,3 +74,21 @@ func TestArgv(t *testing.T) {
 		t.Error("argv accepted an unknown VMM")
 	}
 }
+
+func TestCounterLine(t *testing.T) {
+	for _, tc := range []struct {
+		line string
+		want bool
+	}{
+		{"/sys/block/vda/stat: 67 0 131096 490", true},
+		{" 26:        132   PCI-MSI 16385-edge      virtio0-req.0", true},
+		{"/sys/class/net/eth0/statistics/tx_packets: 2825", true},
+		{"guest# for f in /sys/block/vda/stat /sys/class/net/eth0/statistics/tx_packets", false},
+		{"ys/class/net/eth0/statistics/rx_packets; do echo \"$f: $(cat $f)\"; done; grep -i", false},
+		{"guest# ", false},
+	} {
+		if got := counterLine.MatchString(tc.line); got != tc.want {
+			t.Errorf("counterLine.MatchString(%q) = %v, want %v", tc.line, got, tc.want)
+		}
+	}
+}
