@@ -165,6 +165,8 @@ type PCI struct {
 	quiesced bool
 	pending  []bool
 	resume   []QueueIndices
+	// stopped is closed once the quiesced device's workers are gone.
+	stopped chan struct{}
 	// needsReset is DEVICE_NEEDS_RESET; workers set it without mu.
 	needsReset atomic.Bool
 	configGen  atomic.Uint32
@@ -612,6 +614,8 @@ func (p *PCI) writeStatus(v uint8) {
 		if v&StatusFeaturesOK == 0 {
 			p.brokenLocked(errors.New("DRIVER_OK without FEATURES_OK"))
 			v &^= StatusDriverOK
+		} else if p.quiesced {
+			// Held still for a snapshot: Unquiesce starts it.
 		} else if err := p.activateLocked(); err != nil {
 			p.brokenLocked(err)
 			v &^= StatusDriverOK
@@ -667,7 +671,7 @@ func (p *PCI) resetLocked() {
 		p.active, p.cancel = false, nil
 	}
 	p.dev.Reset()
-	p.vqs, p.quiesced, p.resume = nil, false, nil
+	p.vqs, p.resume = nil, nil
 	p.resetState()
 }
 

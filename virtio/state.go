@@ -27,38 +27,85 @@ var ErrNotQuiesced = errors.New("virtio-pci: device is not quiesced")
 
 // Quiesce stops the device and waits until it no longer touches guest
 // memory; notifications from then on are noted and acted on by Unquiesce.
-// It does nothing on a function that is not running or already quiesced.
+// A device the driver has not started yet is held too: it starts only at
+// Unquiesce. Quiescing a quiesced function waits for the first Quiesce to
+// finish. If ctx ends first (a device stuck in a host system call), the
+// function stays quiesced, the error says so, and the device finishes
+// stopping in the background.
 func (p *PCI) Quiesce(ctx context.Context) error {
-	if err := ctx.Err(); err != nil {
-		return fmt.Errorf("quiesce: %w", err)
-	}
 	p.mu.Lock()
-	defer p.mu.Unlock()
-	if !p.active || p.quiesced {
-		return nil
-	}
-	p.cancel()
-	p.dev.Reset()
-	p.active, p.cancel = false, nil
-	p.resume = make([]QueueIndices, len(p.queues))
-	for i, vq := range p.vqs {
-		if vq != nil {
-			p.resume[i] = vq.indices()
+	if !p.quiesced {
+		p.quiesced = true
+		p.stopped = make(chan struct{})
+		if !p.active {
+			close(p.stopped)
+		} else {
+			cancel, vqs := p.cancel, p.vqs
+			p.active, p.cancel = false, nil
+			// Reset runs without mu: notifications (from ioeventfd
+			// threads) only take mu to be noted meanwhile.
+			go func(stopped chan struct{}) {
+				cancel()
+				p.dev.Reset()
+				p.mu.Lock()
+				p.resume = make([]QueueIndices, len(p.queues))
+				for i, vq := range vqs {
+					if vq != nil {
+						p.resume[i] = vq.indices()
+					}
+				}
+				p.mu.Unlock()
+				close(stopped)
+			}(p.stopped)
 		}
 	}
-	p.quiesced = true
-	return nil
+	stopped := p.stopped
+	p.mu.Unlock()
+	select {
+	case <-stopped:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("quiesce: device still busy: %w", ctx.Err())
+	}
 }
 
-// Unquiesce starts the device again where Quiesce stopped it.
+// Unquiesce starts the device again where Quiesce stopped it, once its
+// workers are gone.
 func (p *PCI) Unquiesce() {
 	p.mu.Lock()
-	defer p.mu.Unlock()
 	if !p.quiesced {
+		p.mu.Unlock()
+		return
+	}
+	stopped := p.stopped
+	p.mu.Unlock()
+	<-stopped
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if !p.quiesced || p.active {
 		return
 	}
 	p.quiesced = false
-	p.restartLocked()
+	if p.status&StatusDriverOK != 0 && !p.needsReset.Load() {
+		p.restartLocked()
+	}
+}
+
+// stoppedLocked reports whether the device is not running: never started,
+// or quiesced with its workers gone. mu held.
+func (p *PCI) stoppedLocked() bool {
+	if p.active {
+		return false
+	}
+	if !p.quiesced {
+		return true
+	}
+	select {
+	case <-p.stopped:
+		return true
+	default:
+		return false
+	}
 }
 
 // restartLocked activates the device at p.resume, signals every enabled
@@ -126,7 +173,7 @@ const knownStatus = StatusAcknowledge | StatusDriver | StatusDriverOK | StatusFe
 func (p *PCI) SaveState() (PCIState, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.active {
+	if !p.stoppedLocked() {
 		return PCIState{}, ErrNotQuiesced
 	}
 	st := PCIState{
@@ -174,7 +221,7 @@ func (p *PCI) RestoreState(st PCIState) error {
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.active || p.status != 0 {
+	if p.active || p.quiesced || p.status != 0 {
 		return errors.New("virtio-pci: restore: the function is already in use")
 	}
 	p.cfgMu.Lock()

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/gvmm/gvmm/virtio"
 	"github.com/gvmm/gvmm/virtio/rng"
@@ -186,4 +187,66 @@ func TestSaveNeverStarted(t *testing.T) {
 	if q.Status() != 0 {
 		t.Fatalf("status %#x", q.Status())
 	}
+}
+
+// stuckDevice is virtio-rng whose Reset blocks until released, as a device
+// stuck in a host system call would.
+type stuckDevice struct {
+	*rng.Device
+	release chan struct{}
+}
+
+func (d *stuckDevice) Reset() {
+	<-d.release
+	d.Device.Reset()
+}
+
+// TestQuiesceBoundedByContext: a device that does not stop makes Quiesce
+// fail when its context ends, without blocking notifications; once it
+// stops, Unquiesce starts it again.
+func TestQuiesceBoundedByContext(t *testing.T) {
+	mem := virtiotest.NewMemory(memBase, memSize)
+	mem.SnapshotReads = true
+	dev := &stuckDevice{Device: rng.New(nil), release: make(chan struct{})}
+	p, err := virtio.NewPCI(dev, mem, &fakeIRQ{}, virtio.PCIOptions{BARAddr: 0xe000_0000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := fn{t, p}
+	d := virtiotest.NewDriver(mem, 16)
+	buf := d.Alloc(32)
+	f.negotiate(virtio.FVersion1)
+	f.setupQueue(0, d, virtio.NoVector)
+	f.bw(ccStatus, 1, uint64(f.status()|virtio.StatusDriverOK))
+	d.AddChain(virtiotest.Buf{Addr: buf, Len: 32, Write: true})
+	waitUsed(t, d, 1)
+
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	if err := p.Quiesce(ctx); err == nil {
+		t.Fatal("Quiesce of a stuck device succeeded")
+	}
+	notified := make(chan struct{})
+	go func() { p.Notify(0); close(notified) }()
+	select {
+	case <-notified:
+	case <-time.After(5 * time.Second):
+		t.Fatal("Notify blocked behind a stuck Quiesce")
+	}
+	if _, err := p.SaveState(); err == nil {
+		t.Fatal("SaveState while the device is still stopping succeeded")
+	}
+	close(dev.release)
+	if err := p.Quiesce(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.SaveState(); err != nil {
+		t.Fatal(err)
+	}
+	d.AddChain(virtiotest.Buf{Addr: buf, Len: 32, Write: true})
+	p.Unquiesce()
+	waitUsed(t, d, 2)
+	dev.release = make(chan struct{})
+	close(dev.release)
+	p.Close()
 }
