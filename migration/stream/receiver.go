@@ -102,6 +102,12 @@ type deadliner interface {
 	SetDeadline(time.Time) error
 }
 
+// Bounds on connections Accept drops before the stream is complete.
+const (
+	maxStrayConns = 16
+	headerTimeout = 10 * time.Second
+)
+
 // Accept accepts the connections of one stream from ln: the first one's
 // header tells how many follow. It returns a receiver over them and the
 // connections ordered by connection index (conns[0] is the source's
@@ -124,20 +130,39 @@ func Accept(ctx context.Context, ln net.Listener, key []byte, mem Memory, opts R
 		return nil, nil, fmt.Errorf("accept stream: %w", err)
 	}
 	want := 1
+	stray := 0
 	for len(conns) < want {
 		c, err := ln.Accept()
 		if err != nil {
 			return fail(err)
 		}
-		conns = append(conns, c)
+		// A connection that is not a migration stream (a port probe, a
+		// health check, a client that went away) is dropped, and the
+		// migration's own connections are still awaited; one that does
+		// not finish its header in time is dropped too. Only a bounded
+		// number of them is tolerated.
 		b := make([]byte, headerSize)
-		if err := readFullCtx(ctx, c, b); err != nil {
-			return fail(fmt.Errorf("read header: %w", err))
+		_ = c.SetReadDeadline(time.Now().Add(headerTimeout))
+		err = readFullCtx(ctx, c, b)
+		_ = c.SetReadDeadline(time.Time{})
+		var h Header
+		if err == nil {
+			h, err = parseHeader(b, &opts.Limits)
 		}
-		h, err := parseHeader(b, &opts.Limits)
 		if err != nil {
-			return fail(err)
+			_ = c.Close()
+			if ctx.Err() != nil {
+				return fail(ctx.Err())
+			}
+			if stray++; stray > maxStrayConns {
+				return fail(fmt.Errorf("%d connections that are not a migration stream, the last: %w", stray, err))
+			}
+			if opts.Logger != nil {
+				opts.Logger.Warn("dropped a connection that is not a migration stream", "remote", c.RemoteAddr(), "err", err)
+			}
+			continue
 		}
+		conns = append(conns, c)
 		hdrs = append(hdrs, b)
 		want = int(h.ConnCount)
 	}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -564,5 +565,64 @@ func TestDrain(t *testing.T) {
 	close(g.open) // let the first sender's writer finish
 	if st := s.Stats(); uint64(n) != st.WireBytes {
 		t.Fatalf("after Drain %d bytes written, stats say %d", n, st.WireBytes)
+	}
+}
+
+// TestAcceptSkipsStrayConnections: connections that close at once or send
+// garbage before the source connects do not end the receive.
+func TestAcceptSkipsStrayConnections(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	for _, junk := range []string{"", "GET / HTTP/1.0\r\n\r\n" + strings.Repeat("x", 64)} {
+		c, err := net.Dial("tcp", ln.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.Write([]byte(junk))
+		c.Close()
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	const size = 16 * PageSize
+	done := make(chan error, 1)
+	go func() {
+		var conns []net.Conn
+		var ws []io.Writer
+		for range 2 {
+			c, err := net.Dial("tcp", ln.Addr().String())
+			if err != nil {
+				done <- err
+				return
+			}
+			defer c.Close()
+			conns, ws = append(conns, c), append(ws, c)
+		}
+		s, err := NewSender(ws, testKey, Options{GuestMemSize: size})
+		if err == nil {
+			_, err = s.EndPass(ctx)
+		}
+		if err == nil {
+			_, err = s.Finish(ctx)
+		}
+		if err == nil {
+			err = s.AwaitAck(ctx, conns[0])
+		}
+		done <- err
+	}()
+	r, conns, err := Accept(ctx, ln, testKey, newMemSink(size), ReceiverOptions{})
+	if err != nil {
+		t.Fatalf("Accept after stray connections: %v", err)
+	}
+	if _, err := r.Run(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Acknowledge(ctx, conns[0]); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-done; err != nil {
+		t.Fatalf("sender: %v", err)
 	}
 }
