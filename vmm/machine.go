@@ -2,10 +2,12 @@ package vmm
 
 import (
 	"context"
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
+	stdnet "net"
 	"os"
 	"sync"
 	"sync/atomic"
@@ -36,6 +38,10 @@ type Config struct {
 	// Channel, when set, is a unix socket path relayed to a
 	// virtio-console port (the guest's /dev/hvc0).
 	Channel string
+	// Incoming builds a machine whose RAM and state will come from a
+	// snapshot or a migration (RestoreState): no kernel is loaded, and
+	// Run starts with every vCPU paused until Resume.
+	Incoming bool
 	// KVMPath is the KVM device; empty means /dev/kvm.
 	KVMPath string
 	// Log receives diagnostics; nil discards them.
@@ -52,6 +58,9 @@ const (
 	ExitReboot
 	// ExitStopped means the caller's context ended the run.
 	ExitStopped
+	// ExitMigrated means the machine was handed over to another host
+	// (HandedOver) and must not run here again.
+	ExitMigrated
 )
 
 func (r ExitReason) String() string {
@@ -62,6 +71,8 @@ func (r ExitReason) String() string {
 		return "reboot"
 	case ExitStopped:
 		return "stopped"
+	case ExitMigrated:
+		return "migrated"
 	}
 	return fmt.Sprintf("ExitReason(%d)", int(r))
 }
@@ -114,11 +125,24 @@ type Machine struct {
 	started      time.Time
 	cpus         int
 	memBytes     uint64
+
+	// throttle is the auto-converge share (percent) of vCPU time taken
+	// away; throttleWake tells throttleLoop it changed.
+	throttle     atomic.Int32
+	throttleWake chan struct{}
+
+	// desc is the machine's shape and devices; guestCPUID is vCPU 0's
+	// CPUID and tscKHz its TSC rate, for migration's compatibility check.
+	desc       Description
+	guestCPUID []kvm.CPUIDEntry
+	tscKHz     uint32
+	// quiesced says devices hold still (Quiesce); guarded by pauseMu.
+	quiesced bool
 }
 
 // Validate checks a Config's values that need no files and no KVM.
 func (c *Config) Validate() error {
-	if c.KernelPath == "" {
+	if c.KernelPath == "" && !c.Incoming {
 		return errors.New("no kernel given (--kernel PATH)")
 	}
 	if c.MemoryBytes < MinMemory {
@@ -151,42 +175,28 @@ func New(cfg Config) (_ *Machine, err error) {
 	if log == nil {
 		log = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
-	kernel, err := os.ReadFile(cfg.KernelPath)
-	if err != nil {
-		return nil, fmt.Errorf("read kernel: %w", err)
-	}
-	img, err := parseBzImage(kernel)
-	if err != nil {
-		return nil, fmt.Errorf("kernel %s: %w", cfg.KernelPath, err)
-	}
-	var initrd *os.File
-	var initrdSize uint64
-	if cfg.InitrdPath != "" {
-		initrd, err = os.Open(cfg.InitrdPath)
-		if err != nil {
-			return nil, fmt.Errorf("open initrd: %w", err)
+	var boot *bootInput
+	if !cfg.Incoming {
+		if boot, err = openBoot(&cfg); err != nil {
+			return nil, err
 		}
-		defer initrd.Close()
-		st, err := initrd.Stat()
-		if err != nil {
-			return nil, fmt.Errorf("stat initrd: %w", err)
+		if boot.initrd != nil {
+			defer boot.initrd.Close()
 		}
-		if !st.Mode().IsRegular() {
-			return nil, fmt.Errorf("initrd %s is not a regular file", cfg.InitrdPath)
-		}
-		initrdSize = uint64(st.Size())
-	}
-	layout := ramLayout(cfg.MemoryBytes)
-	lowEnd := layout[0].GPA + layout[0].Size
-	plan, err := planBoot(img, lowEnd, initrdSize)
-	if err != nil {
-		return nil, err
-	}
-	if _, err := buildZeroPage(img, zeroPageInput{cmdlineLen: uint32(len(cfg.Cmdline))}); err != nil {
-		return nil, err
 	}
 
-	m := &Machine{log: log, ended: make(chan struct{}), cpus: cfg.CPUs, memBytes: cfg.MemoryBytes}
+	// A NIC without a MAC gets a random one here rather than in the
+	// device, so the machine's Description carries it to a destination.
+	cfg.Nets = append([]NetConfig(nil), cfg.Nets...)
+	for i := range cfg.Nets {
+		if cfg.Nets[i].MAC == nil {
+			if cfg.Nets[i].MAC, err = randomMAC(); err != nil {
+				return nil, err
+			}
+		}
+	}
+	m := &Machine{log: log, ended: make(chan struct{}), cpus: cfg.CPUs, memBytes: cfg.MemoryBytes,
+		throttleWake: make(chan struct{}, 1), desc: describe(&cfg)}
 	devs, err := openDevices(&cfg, log)
 	if err != nil {
 		return nil, err
@@ -240,18 +250,85 @@ func New(cfg Config) (_ *Machine, err error) {
 			return nil, err
 		}
 	}
-	if err := m.load(img, cfg, initrd, initrdSize, plan); err != nil {
-		return nil, err
+	if boot != nil {
+		if err := m.load(boot.img, cfg, boot.initrd, boot.initrdSize, boot.plan); err != nil {
+			return nil, err
+		}
 	}
 	m.wireDevices(cfg.Console)
 	devsOwned = true
 	if err := m.wireVirtio(devs); err != nil {
 		return nil, err
 	}
-	if err := m.createVCPUs(cfg.CPUs); err != nil {
+	if err := m.createVCPUs(cfg.CPUs, !cfg.Incoming); err != nil {
 		return nil, err
 	}
+	if cfg.Incoming {
+		// vCPUs park before their first KVM_RUN; RestoreState runs
+		// on their threads, Resume lets them go.
+		m.pauseWanted = true
+		m.resumeCh = make(chan struct{})
+		m.pausePending.Store(true)
+	}
 	return m, nil
+}
+
+// randomMAC returns a random locally administered unicast MAC address.
+func randomMAC() (stdnet.HardwareAddr, error) {
+	mac := make(stdnet.HardwareAddr, 6)
+	if _, err := rand.Read(mac); err != nil {
+		return nil, fmt.Errorf("random MAC address: %w", err)
+	}
+	mac[0] = mac[0]&^1 | 2
+	return mac, nil
+}
+
+// bootInput is what booting a kernel needs, checked before KVM is touched.
+type bootInput struct {
+	img        *bzImage
+	initrd     *os.File // nil without an initrd; the caller closes it
+	initrdSize uint64
+	plan       bootPlan
+}
+
+// openBoot reads and checks the kernel and initrd of cfg.
+func openBoot(cfg *Config) (_ *bootInput, err error) {
+	kernel, err := os.ReadFile(cfg.KernelPath)
+	if err != nil {
+		return nil, fmt.Errorf("read kernel: %w", err)
+	}
+	img, err := parseBzImage(kernel)
+	if err != nil {
+		return nil, fmt.Errorf("kernel %s: %w", cfg.KernelPath, err)
+	}
+	b := &bootInput{img: img}
+	if cfg.InitrdPath != "" {
+		if b.initrd, err = os.Open(cfg.InitrdPath); err != nil {
+			return nil, fmt.Errorf("open initrd: %w", err)
+		}
+		defer func() {
+			if err != nil {
+				b.initrd.Close()
+			}
+		}()
+		st, err := b.initrd.Stat()
+		if err != nil {
+			return nil, fmt.Errorf("stat initrd: %w", err)
+		}
+		if !st.Mode().IsRegular() {
+			return nil, fmt.Errorf("initrd %s is not a regular file", cfg.InitrdPath)
+		}
+		b.initrdSize = uint64(st.Size())
+	}
+	layout := ramLayout(cfg.MemoryBytes)
+	lowEnd := layout[0].GPA + layout[0].Size
+	if b.plan, err = planBoot(img, lowEnd, b.initrdSize); err != nil {
+		return nil, err
+	}
+	if _, err := buildZeroPage(img, zeroPageInput{cmdlineLen: uint32(len(cfg.Cmdline))}); err != nil {
+		return nil, err
+	}
+	return b, nil
 }
 
 // checkCaps refuses hosts whose KVM lacks what gvmm relies on.
@@ -370,7 +447,7 @@ func (m *Machine) wireDevices(console io.Writer) {
 	m.bus.add(portPCIAddr, 8, m.pci)
 }
 
-func (m *Machine) createVCPUs(n int) error {
+func (m *Machine) createVCPUs(n int, boot bool) error {
 	mmapSize, err := m.sys.VCPUMmapSize()
 	if err != nil {
 		return err
@@ -390,9 +467,19 @@ func (m *Machine) createVCPUs(n int) error {
 		}
 		v := &vcpu{id: i, cpu: c, m: m, cmds: make(chan func()), wake: make(chan struct{}, 1)}
 		m.vcpus = append(m.vcpus, v)
-		if err := setupVCPU(c, guestCPUID(supported, i, n, deadline > 0)); err != nil {
+		cpuid := guestCPUID(supported, i, n, deadline > 0)
+		if err := setupVCPU(c, cpuid); err != nil {
 			return fmt.Errorf("set up vCPU %d: %w", i, err)
 		}
+		if i == 0 {
+			m.guestCPUID = cpuid
+			if m.tscKHz, err = c.GetTSCKHz(); err != nil {
+				return fmt.Errorf("set up vCPU 0: %w", err)
+			}
+		}
+	}
+	if !boot {
+		return nil
 	}
 	return setupBSP(m.vcpus[0].cpu, highMemStart+0x200)
 }
@@ -430,6 +517,12 @@ func (m *Machine) Run(ctx context.Context) (ExitReason, error) {
 	for range m.vcpus {
 		<-started
 	}
+	throttleDone := make(chan struct{})
+	go func() {
+		defer close(throttleDone)
+		m.throttleLoop()
+	}()
+	defer func() { <-throttleDone }()
 	m.pauseMu.Lock()
 	m.started = time.Now()
 	m.pauseMu.Unlock()
@@ -513,13 +606,16 @@ func (m *Machine) Pause(ctx context.Context) error {
 	}
 }
 
-// Resume lets parked vCPUs run again. Resuming a running machine does
-// nothing.
+// Resume lets quiesced devices and parked vCPUs run again. Resuming a
+// running machine does nothing.
 func (m *Machine) Resume() error {
 	select {
 	case <-m.ended:
 		return ErrNotRunning
 	default:
+	}
+	if m.isQuiesced() {
+		m.unquiesce()
 	}
 	m.pauseMu.Lock()
 	if m.pauseWanted {
@@ -529,6 +625,13 @@ func (m *Machine) Resume() error {
 	}
 	m.pauseMu.Unlock()
 	return nil
+}
+
+// HandedOver ends a paused machine whose state another host now runs (a
+// completed migration): Run returns ExitMigrated and the vCPUs never
+// enter the guest again.
+func (m *Machine) HandedOver() {
+	m.end(ExitMigrated, nil)
 }
 
 // Status is a machine's state for the control API.

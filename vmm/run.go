@@ -25,6 +25,8 @@ type vcpu struct {
 	// tells a parked vCPU to look at stop.
 	cmds chan func()
 	wake chan struct{}
+	// throttleDue asks the vCPU to sit out its throttle share.
+	throttleDue atomic.Bool
 	// exits counts exits handled in user space; written only by the vCPU
 	// thread, read after it stopped.
 	exits ExitCounts
@@ -145,6 +147,7 @@ func (v *vcpu) run(started chan<- struct{}) error {
 			v.park()
 			continue
 		}
+		v.throttled()
 		if err := v.cpu.Run(); err != nil {
 			if errors.Is(err, unix.EINTR) || errors.Is(err, unix.EAGAIN) {
 				continue // a signal or a kick: look at stop, then re-enter

@@ -1,6 +1,7 @@
 package vmm
 
 import (
+	"fmt"
 	"io"
 	"sync"
 )
@@ -260,4 +261,43 @@ func (s *serial) updateIRQ() {
 			s.raise(level)
 		}
 	}
+}
+
+// serialState is the UART's guest-visible state, for snapshots and
+// migration. Output already written by the guest is flushed, not saved.
+type serialState struct {
+	IER, LCR, MCR, SCR, DLL, DLM, FCR uint8
+	THRPending                        bool
+	In                                []byte
+}
+
+// save flushes pending output and returns the registers and the input
+// the guest has not read yet.
+func (s *serial) save() serialState {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.flushLocked()
+	return serialState{
+		IER: s.ier, LCR: s.lcr, MCR: s.mcr, SCR: s.scr, DLL: s.dll, DLM: s.dlm, FCR: s.fcr,
+		THRPending: s.thrPending, In: append([]byte(nil), s.in...),
+	}
+}
+
+// restore puts saved registers back, refusing values a 16550A cannot
+// hold, and drives the interrupt line to match.
+func (s *serial) restore(st serialState) error {
+	if len(st.In) > serialInputMax {
+		return fmt.Errorf("serial state: %d bytes of input, at most %d", len(st.In), serialInputMax)
+	}
+	if st.IER&^(ierRDI|ierTHRI|ierRLSI|ierMSI) != 0 || st.MCR&^0x1f != 0 {
+		return fmt.Errorf("serial state: reserved bits set (IER %#x, MCR %#x)", st.IER, st.MCR)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.ier, s.lcr, s.mcr, s.scr, s.dll, s.dlm, s.fcr = st.IER, st.LCR, st.MCR, st.SCR, st.DLL, st.DLM, st.FCR
+	s.thrPending = st.THRPending
+	s.in = append([]byte(nil), st.In...)
+	s.level = false
+	s.updateIRQ()
+	return nil
 }

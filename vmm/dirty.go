@@ -1,0 +1,179 @@
+package vmm
+
+import (
+	"fmt"
+	"time"
+
+	"github.com/gvmm/gvmm/kvm"
+)
+
+// RAMRegion is one range of guest RAM and its host mapping. Data aliases
+// guest memory: the guest may change it at any time while it runs.
+type RAMRegion struct {
+	GPA  uint64
+	Data []byte
+}
+
+// Regions returns guest RAM region by region, in guest-physical order;
+// each region is one KVM memory slot (slot i is region i).
+func (m *Memory) Regions() []RAMRegion {
+	out := make([]RAMRegion, len(m.regions))
+	for i, r := range m.regions {
+		off := m.offsets[i]
+		out[i] = RAMRegion{GPA: r.GPA, Data: m.mapping[off : off+r.Size : off+r.Size]}
+	}
+	return out
+}
+
+// takeDirtyRegions returns the VMM-side dirty bitmap split per region
+// (bit i of word j is page 64*j+i of the region) and clears it.
+func (m *Memory) takeDirtyRegions() [][]uint64 {
+	all := m.TakeDirty()
+	out := make([][]uint64, len(m.regions))
+	for i, r := range m.regions {
+		pages := r.Size / pageSize
+		first := m.offsets[i] / pageSize
+		bm := make([]uint64, (pages+63)/64)
+		for p := uint64(0); p < pages; p++ {
+			g := first + p
+			if all[g/64]&(1<<(g%64)) != 0 {
+				bm[p/64] |= 1 << (p % 64)
+			}
+		}
+		out[i] = bm
+	}
+	return out
+}
+
+// setSlots (re)registers every RAM region as a memory slot with flags.
+// Changing only the flags of an existing slot is allowed by KVM and keeps
+// the guest's mappings.
+func (m *Machine) setSlots(flags uint32) error {
+	for i, r := range m.mem.Regions() {
+		if err := m.vm.SetUserMemoryRegion(&kvm.UserspaceMemoryRegion{
+			Slot:          uint32(i),
+			Flags:         flags,
+			GuestPhysAddr: r.GPA,
+			MemorySize:    uint64(len(r.Data)),
+			UserspaceAddr: sliceAddr(r.Data),
+		}); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// StartDirtyLog turns on KVM's dirty page logging on every RAM slot and
+// clears the VMM-side bitmap: from now on TakeDirty reports every page
+// written by a vCPU or by the VMM.
+func (m *Machine) StartDirtyLog() error {
+	if err := m.setSlots(kvm.MemLogDirtyPages); err != nil {
+		return fmt.Errorf("start dirty log: %w", err)
+	}
+	m.mem.TakeDirty()
+	return nil
+}
+
+// StopDirtyLog turns KVM's dirty page logging off again.
+func (m *Machine) StopDirtyLog() error {
+	if err := m.setSlots(0); err != nil {
+		return fmt.Errorf("stop dirty log: %w", err)
+	}
+	return nil
+}
+
+// TakeDirty returns, per RAM region (in the order of Memory.Regions), a
+// bitmap of the pages written since the previous call or StartDirtyLog:
+// KVM's dirty log OR-ed with the VMM's own writes (device DMA, used
+// rings). Bit i of word j is page 64*j+i of the region. Reading KVM's log
+// resets it and write-protects the pages again.
+func (m *Machine) TakeDirty() ([][]uint64, error) {
+	vmmBits := m.mem.takeDirtyRegions()
+	for i, r := range m.mem.regions {
+		bm := make([]uint64, kvm.DirtyBitmapLen(r.Size))
+		if err := m.vm.GetDirtyLog(uint32(i), bm); err != nil {
+			return nil, fmt.Errorf("take dirty pages: %w", err)
+		}
+		for w := range vmmBits[i] {
+			vmmBits[i][w] |= bm[w]
+		}
+	}
+	return vmmBits, nil
+}
+
+// throttlePeriod is the slice of time a throttled vCPU is held out of the
+// guest in proportion to.
+const throttlePeriod = 10 * time.Millisecond
+
+// Throttle takes percent (0..99) of every vCPU's time away from the guest
+// (live migration's auto-converge): every throttlePeriod of guest time a
+// vCPU sleeps percent/(100-percent) of it. 0 turns throttling off.
+func (m *Machine) Throttle(percent int) {
+	if percent < 0 {
+		percent = 0
+	}
+	if percent > 99 {
+		percent = 99
+	}
+	m.throttle.Store(int32(percent))
+	select {
+	case m.throttleWake <- struct{}{}:
+	default:
+	}
+}
+
+// throttleLoop interrupts throttled vCPUs every throttlePeriod so that
+// even a guest that never exits on its own is held back. Run starts it and
+// waits for it to return once the machine ended, so it never touches a
+// closed vCPU.
+func (m *Machine) throttleLoop() {
+	t := time.NewTicker(throttlePeriod)
+	defer t.Stop()
+	for {
+		if m.throttle.Load() == 0 {
+			select {
+			case <-m.ended:
+				return
+			case <-m.throttleWake:
+			}
+			continue
+		}
+		select {
+		case <-m.ended:
+			return
+		case <-t.C:
+		}
+		for _, v := range m.vcpus {
+			v.throttleDue.Store(true)
+			v.interrupt()
+		}
+	}
+}
+
+// throttled holds the vCPU out of the guest for its throttle share, if it
+// is due. It sleeps in short steps so that a pause or stop request (which
+// a migration's switchover makes) is not delayed by more than one step.
+func (v *vcpu) throttled() {
+	if !v.throttleDue.Swap(false) {
+		return
+	}
+	for left := v.m.throttleSleep(); left > 0; left -= throttleStep {
+		if v.stop.Load() || v.m.pausePending.Load() {
+			return
+		}
+		time.Sleep(min(left, throttleStep))
+	}
+}
+
+// throttleStep bounds how long a throttled vCPU sleeps without looking at
+// pause and stop requests.
+const throttleStep = 2 * time.Millisecond
+
+// throttleSleep is the time a vCPU due for throttling stays out.
+func (m *Machine) throttleSleep() time.Duration {
+	p := time.Duration(m.throttle.Load())
+	if p <= 0 {
+		return 0
+	}
+	return throttlePeriod * p / (100 - p)
+}
