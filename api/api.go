@@ -1,6 +1,7 @@
 package api
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -10,6 +11,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"sync"
 	"syscall"
 	"time"
 )
@@ -27,6 +29,72 @@ type Machine interface {
 	Status() Status
 	Pause(ctx context.Context) error
 	Resume() error
+	// Snapshot writes the machine's complete state to a file.
+	Snapshot(ctx context.Context, req SnapshotRequest) (SnapshotResult, error)
+	// Migrate moves the machine to another host, reporting progress;
+	// on success the machine has been handed over and the source ends.
+	Migrate(ctx context.Context, req MigrateRequest, progress func(Progress)) (MigrateResult, error)
+}
+
+// SnapshotRequest is the body of PUT /v1/vm/snapshot.
+type SnapshotRequest struct {
+	// Path is the file to write; it must not exist.
+	Path string `json:"path"`
+}
+
+// SnapshotResult is what a snapshot took.
+type SnapshotResult struct {
+	Path     string  `json:"path"`
+	Bytes    uint64  `json:"bytes"`
+	PausedMs float64 `json:"paused_ms"`
+}
+
+// MigrateRequest is the body of PUT /v1/vm/migrate.
+type MigrateRequest struct {
+	// To is the destination's HOST:PORT (gvmm receive --listen).
+	To string `json:"to"`
+	// KeyFile holds the 32-byte pre-shared migration key.
+	KeyFile string `json:"key_file"`
+	// Connections is the number of parallel connections (0: default).
+	Connections int `json:"connections,omitempty"`
+	// DowntimeMs is the downtime budget (0: default).
+	DowntimeMs int `json:"downtime_ms,omitempty"`
+	// TimeoutSec bounds the whole migration (0: default).
+	TimeoutSec int `json:"timeout_seconds,omitempty"`
+}
+
+// Progress is one progress report of a migration, sent as a JSON line.
+type Progress struct {
+	Pass            int     `json:"pass"`
+	PagesSent       uint64  `json:"pages_sent"`
+	DirtyPages      uint64  `json:"dirty_pages"`
+	TotalPages      uint64  `json:"total_pages"`
+	BandwidthMBps   float64 `json:"bandwidth_mbps"`
+	ThrottlePercent int     `json:"throttle_percent"`
+}
+
+// MigrateResult is a finished migration's figures.
+type MigrateResult struct {
+	TotalMs         float64 `json:"total_ms"`
+	DowntimeMs      float64 `json:"downtime_ms"`
+	LastPassMs      float64 `json:"last_pass_ms"`
+	StateMs         float64 `json:"state_ms"`
+	RestoreMs       float64 `json:"restore_ms"`
+	ResumeMs        float64 `json:"resume_ms"`
+	WireBytes       uint64  `json:"wire_bytes"`
+	PagesSent       uint64  `json:"pages_sent"`
+	ZeroPages       uint64  `json:"zero_pages"`
+	CompressedPages uint64  `json:"compressed_pages"`
+	Passes          int     `json:"passes"`
+	MaxThrottle     int     `json:"max_throttle_percent"`
+}
+
+// migrateLine is one line of PUT /v1/vm/migrate's streamed reply: progress
+// lines, then exactly one line with a result or an error.
+type migrateLine struct {
+	Progress *Progress      `json:"progress,omitempty"`
+	Result   *MigrateResult `json:"result,omitempty"`
+	Error    string         `json:"error,omitempty"`
 }
 
 const maxBody = 1 << 16
@@ -83,12 +151,69 @@ func Serve(ctx context.Context, ln net.Listener, m Machine, log *slog.Logger) er
 		log.Info("api: resumed")
 		reply(w, http.StatusOK, m.Status())
 	})
+	mux.HandleFunc("PUT /v1/vm/snapshot", func(w http.ResponseWriter, r *http.Request) {
+		var req SnapshotRequest
+		if err := decodeBody(r, &req); err != nil {
+			replyError(w, http.StatusBadRequest, err)
+			return
+		}
+		if req.Path == "" {
+			replyError(w, http.StatusBadRequest, errors.New("snapshot: no path"))
+			return
+		}
+		res, err := m.Snapshot(r.Context(), req)
+		if err != nil {
+			log.Warn("api: snapshot", "err", err)
+			replyError(w, http.StatusConflict, err)
+			return
+		}
+		log.Info("api: snapshot written", "path", res.Path, "bytes", res.Bytes)
+		reply(w, http.StatusOK, res)
+	})
+	mux.HandleFunc("PUT /v1/vm/migrate", func(w http.ResponseWriter, r *http.Request) {
+		var req MigrateRequest
+		if err := decodeBody(r, &req); err != nil {
+			replyError(w, http.StatusBadRequest, err)
+			return
+		}
+		if req.To == "" || req.KeyFile == "" {
+			replyError(w, http.StatusBadRequest, errors.New("migrate: destination and key file are required"))
+			return
+		}
+		// The reply is a stream of JSON lines: progress, then the
+		// result or the error. The status is 200 once streaming starts.
+		w.Header().Set("Content-Type", "application/x-ndjson")
+		w.WriteHeader(http.StatusOK)
+		enc := json.NewEncoder(w)
+		flusher, _ := w.(http.Flusher)
+		var mu sync.Mutex
+		send := func(l migrateLine) {
+			mu.Lock()
+			defer mu.Unlock()
+			_ = enc.Encode(l)
+			if flusher != nil {
+				flusher.Flush()
+			}
+		}
+		// A migration must not be cut short by the client going away:
+		// the source's fate is decided by the migration itself.
+		ctx := context.WithoutCancel(r.Context())
+		res, err := m.Migrate(ctx, req, func(p Progress) { send(migrateLine{Progress: &p}) })
+		if err != nil {
+			log.Warn("api: migrate", "err", err)
+			send(migrateLine{Error: err.Error()})
+			return
+		}
+		log.Info("api: migrated", "to", req.To, "downtime_ms", res.DowntimeMs)
+		send(migrateLine{Result: &res})
+	})
 	srv := &http.Server{
 		Handler: http.MaxBytesHandler(mux, maxBody),
 		// A local client that stalls must not hold a connection forever.
 		ReadHeaderTimeout: 5 * time.Second,
-		ReadTimeout:       10 * time.Second,
-		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+		// No ReadTimeout: a migration's reply streams for minutes, and
+		// bodies are small and capped.
+		ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 	}
 	done := make(chan struct{})
 	go func() {
@@ -108,6 +233,16 @@ func Serve(ctx context.Context, ln net.Listener, m Machine, log *slog.Logger) er
 	return fmt.Errorf("api: serve: %w", err)
 }
 
+// decodeBody reads a request's JSON body strictly (the server caps its size).
+func decodeBody(r *http.Request, v any) error {
+	d := json.NewDecoder(r.Body)
+	d.DisallowUnknownFields()
+	if err := d.Decode(v); err != nil {
+		return fmt.Errorf("bad request body: %w", err)
+	}
+	return nil
+}
+
 func reply(w http.ResponseWriter, code int, v any) {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(code)
@@ -121,6 +256,9 @@ func replyError(w http.ResponseWriter, code int, err error) {
 // Client talks to the API of one VM.
 type Client struct {
 	http *http.Client
+	// stream has no overall timeout, for replies that stream for as long
+	// as a migration takes; its requests are bounded by their context.
+	stream *http.Client
 }
 
 // NewClient returns a client for the socket at path.
@@ -131,7 +269,104 @@ func NewClient(path string) *Client {
 			return d.DialContext(ctx, "unix", path)
 		},
 	}
-	return &Client{http: &http.Client{Transport: tr, Timeout: 30 * time.Second}}
+	return &Client{http: &http.Client{Transport: tr, Timeout: 30 * time.Second}, stream: &http.Client{Transport: tr}}
+}
+
+// Snapshot asks the VM to write its state to req.Path.
+func (c *Client) Snapshot(ctx context.Context, req SnapshotRequest) (SnapshotResult, error) {
+	var res SnapshotResult
+	err := c.call(ctx, c.stream, http.MethodPut, "/v1/vm/snapshot", req, &res)
+	return res, err
+}
+
+// Migrate asks the VM to migrate, calling progress for each report, and
+// returns the final figures or the reason it failed (the source then
+// keeps running).
+func (c *Client) Migrate(ctx context.Context, req MigrateRequest, progress func(Progress)) (MigrateResult, error) {
+	const path = "/v1/vm/migrate"
+	var res MigrateResult
+	resp, err := c.send(ctx, c.stream, http.MethodPut, path, req)
+	if err != nil {
+		return res, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return res, replyErr(http.MethodPut, path, resp)
+	}
+	dec := json.NewDecoder(io.LimitReader(resp.Body, maxStreamReply))
+	for {
+		var l migrateLine
+		if err := dec.Decode(&l); err != nil {
+			if errors.Is(err, io.EOF) {
+				err = io.ErrUnexpectedEOF
+			}
+			return res, fmt.Errorf("api PUT %s: reply ended without a result: %w", path, err)
+		}
+		switch {
+		case l.Error != "":
+			return res, fmt.Errorf("migrate: %s", l.Error)
+		case l.Result != nil:
+			return *l.Result, nil
+		case l.Progress != nil && progress != nil:
+			progress(*l.Progress)
+		}
+	}
+}
+
+// maxStreamReply bounds a streamed reply: hours of progress lines.
+const maxStreamReply = 64 << 20
+
+func (c *Client) send(ctx context.Context, hc *http.Client, method, path string, body any) (*http.Response, error) {
+	var rd io.Reader
+	if body != nil {
+		b, err := json.Marshal(body)
+		if err != nil {
+			return nil, err
+		}
+		rd = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, "http://gvmm"+path, rd)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := hc.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("api %s %s: %w", method, path, err)
+	}
+	return resp, nil
+}
+
+// call does one request and decodes its JSON reply into out.
+func (c *Client) call(ctx context.Context, hc *http.Client, method, path string, body, out any) error {
+	resp, err := c.send(ctx, hc, method, path, body)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return replyErr(method, path, resp)
+	}
+	b, err := io.ReadAll(io.LimitReader(resp.Body, maxBody))
+	if err != nil {
+		return fmt.Errorf("api %s %s: read reply: %w", method, path, err)
+	}
+	if err := json.Unmarshal(b, out); err != nil {
+		return fmt.Errorf("api %s %s: bad reply: %w", method, path, err)
+	}
+	return nil
+}
+
+// replyErr turns a non-200 reply into an error carrying the server's
+// message.
+func replyErr(method, path string, resp *http.Response) error {
+	body, _ := io.ReadAll(io.LimitReader(resp.Body, maxBody))
+	var e struct {
+		Error string `json:"error"`
+	}
+	if json.Unmarshal(body, &e) == nil && e.Error != "" {
+		return fmt.Errorf("api %s %s: %s", method, path, e.Error)
+	}
+	return fmt.Errorf("api %s %s: %s", method, path, resp.Status)
 }
 
 // Status returns the VM's status.
@@ -151,30 +386,6 @@ func (c *Client) Resume(ctx context.Context) (Status, error) {
 
 func (c *Client) do(ctx context.Context, method, path string) (Status, error) {
 	var st Status
-	req, err := http.NewRequestWithContext(ctx, method, "http://gvmm"+path, nil)
-	if err != nil {
-		return st, err
-	}
-	resp, err := c.http.Do(req)
-	if err != nil {
-		return st, fmt.Errorf("api %s %s: %w", method, path, err)
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(io.LimitReader(resp.Body, maxBody))
-	if err != nil {
-		return st, fmt.Errorf("api %s %s: read reply: %w", method, path, err)
-	}
-	if resp.StatusCode != http.StatusOK {
-		var e struct {
-			Error string `json:"error"`
-		}
-		if json.Unmarshal(body, &e) == nil && e.Error != "" {
-			return st, fmt.Errorf("api %s %s: %s", method, path, e.Error)
-		}
-		return st, fmt.Errorf("api %s %s: %s", method, path, resp.Status)
-	}
-	if err := json.Unmarshal(body, &st); err != nil {
-		return st, fmt.Errorf("api %s %s: bad reply: %w", method, path, err)
-	}
-	return st, nil
+	err := c.call(ctx, c.http, method, path, nil, &st)
+	return st, err
 }

@@ -17,6 +17,35 @@ type fakeMachine struct {
 	mu     sync.Mutex
 	paused bool
 	ended  bool
+	// snapshot and migrate outcomes
+	snapErr    error
+	migrateErr error
+	lastSnap   SnapshotRequest
+	lastMig    MigrateRequest
+}
+
+func (f *fakeMachine) Snapshot(_ context.Context, req SnapshotRequest) (SnapshotResult, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.lastSnap = req
+	if f.snapErr != nil {
+		return SnapshotResult{}, f.snapErr
+	}
+	return SnapshotResult{Path: req.Path, Bytes: 4096}, nil
+}
+
+func (f *fakeMachine) Migrate(_ context.Context, req MigrateRequest, progress func(Progress)) (MigrateResult, error) {
+	f.mu.Lock()
+	f.lastMig = req
+	err := f.migrateErr
+	f.mu.Unlock()
+	for i := 1; i <= 3; i++ {
+		progress(Progress{Pass: i, PagesSent: uint64(100 * i), TotalPages: 300})
+	}
+	if err != nil {
+		return MigrateResult{}, err
+	}
+	return MigrateResult{Passes: 3, DowntimeMs: 12.5, PagesSent: 300}, nil
 }
 
 func (f *fakeMachine) Status() Status {
@@ -126,6 +155,8 @@ func TestAPIRejects(t *testing.T) {
 		{"DELETE /v1/vm HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", "405"},
 		{"GET /v2/vm HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", "404"},
 		{"garbage\r\n\r\n", "400"},
+		{"PUT /v1/vm/snapshot HTTP/1.1\r\nHost: x\r\nContent-Length: 9\r\nConnection: close\r\n\r\n{\"evil\":1", "400"},
+		{"PUT /v1/vm/migrate HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nConnection: close\r\n\r\n[1]", "400"},
 	}
 	for _, tt := range tests {
 		if got := raw(tt.req); !strings.Contains(got, tt.want) {
@@ -158,5 +189,52 @@ func TestListenSocketInUse(t *testing.T) {
 	os.WriteFile(file, []byte("x"), 0o644)
 	if _, err := Listen(file); err == nil {
 		t.Fatal("Listen replaced a regular file")
+	}
+}
+
+func TestAPISnapshot(t *testing.T) {
+	m := &fakeMachine{}
+	path, stop := startServer(t, m)
+	defer stop()
+	c := NewClient(path)
+	ctx := context.Background()
+	res, err := c.Snapshot(ctx, SnapshotRequest{Path: "/tmp/x.snap"})
+	if err != nil || res.Path != "/tmp/x.snap" || res.Bytes != 4096 {
+		t.Fatalf("snapshot: %+v, %v", res, err)
+	}
+	if _, err := c.Snapshot(ctx, SnapshotRequest{}); err == nil || !strings.Contains(err.Error(), "no path") {
+		t.Fatalf("snapshot without a path: %v", err)
+	}
+	m.snapErr = errors.New("disk full")
+	if _, err := c.Snapshot(ctx, SnapshotRequest{Path: "/tmp/y"}); err == nil || !strings.Contains(err.Error(), "disk full") {
+		t.Fatalf("failing snapshot: %v", err)
+	}
+}
+
+func TestAPIMigrate(t *testing.T) {
+	m := &fakeMachine{}
+	path, stop := startServer(t, m)
+	defer stop()
+	c := NewClient(path)
+	ctx := context.Background()
+	var passes []int
+	res, err := c.Migrate(ctx, MigrateRequest{To: "h:1", KeyFile: "/k", Connections: 4}, func(p Progress) { passes = append(passes, p.Pass) })
+	if err != nil || res.Passes != 3 || res.DowntimeMs != 12.5 {
+		t.Fatalf("migrate: %+v, %v", res, err)
+	}
+	if len(passes) != 3 || passes[2] != 3 {
+		t.Fatalf("progress %v, want passes 1..3", passes)
+	}
+	if m.lastMig.To != "h:1" || m.lastMig.Connections != 4 {
+		t.Fatalf("request reached the machine as %+v", m.lastMig)
+	}
+	m.migrateErr = errors.New("destination refused: CPU lacks AVX2")
+	if _, err := c.Migrate(ctx, MigrateRequest{To: "h:1", KeyFile: "/k"}, nil); err == nil || !strings.Contains(err.Error(), "AVX2") {
+		t.Fatalf("failed migration: %v", err)
+	}
+	for _, bad := range []MigrateRequest{{KeyFile: "/k"}, {To: "h:1"}} {
+		if _, err := c.Migrate(ctx, bad, nil); err == nil || !strings.Contains(err.Error(), "required") {
+			t.Fatalf("migrate %+v: %v", bad, err)
+		}
 	}
 }
