@@ -2,7 +2,9 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"log/slog"
 	"sync"
 
 	"github.com/gvmm/gvmm/api"
@@ -12,8 +14,11 @@ import (
 // machineHolder is the API's view of the machine gvmm run is running: none
 // while it is being built and after it ended.
 type machineHolder struct {
-	mu sync.Mutex
-	m  *vmm.Machine
+	mu  sync.Mutex
+	m   *vmm.Machine
+	log *slog.Logger
+	// busy is set while a snapshot or migration runs: one at a time.
+	busy bool
 }
 
 var _ api.Machine = (*machineHolder)(nil)
@@ -52,6 +57,44 @@ func (h *machineHolder) Resume() error {
 		return vmm.ErrNotRunning
 	}
 	return m.Resume()
+}
+
+// begin claims the machine for a snapshot or a migration.
+func (h *machineHolder) begin() (*vmm.Machine, error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.m == nil {
+		return nil, errNoMachine
+	}
+	if h.busy {
+		return nil, errors.New("a snapshot or migration is already in progress")
+	}
+	h.busy = true
+	return h.m, nil
+}
+
+func (h *machineHolder) end() {
+	h.mu.Lock()
+	h.busy = false
+	h.mu.Unlock()
+}
+
+func (h *machineHolder) Snapshot(ctx context.Context, req api.SnapshotRequest) (api.SnapshotResult, error) {
+	m, err := h.begin()
+	if err != nil {
+		return api.SnapshotResult{}, err
+	}
+	defer h.end()
+	return writeSnapshot(ctx, m, req.Path)
+}
+
+func (h *machineHolder) Migrate(ctx context.Context, req api.MigrateRequest, progress func(api.Progress)) (api.MigrateResult, error) {
+	m, err := h.begin()
+	if err != nil {
+		return api.MigrateResult{}, err
+	}
+	defer h.end()
+	return migrateOut(ctx, m, req, progress, h.log)
 }
 
 // apiCmd builds the status, pause and resume commands: each calls one

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"net"
@@ -20,6 +21,8 @@ import (
 
 const runSynopsis = `--kernel PATH [--initrd PATH] [--cmdline STRING] [--memory SIZE] [--cpus N]
          [--disk PATH[,readonly]]... [--net tap=NAME[,bridge=BR][,mac=MAC]]... [--channel PATH]
+         [--api-socket PATH]
+       gvmm run --restore FILE [--disk ...] [--net ...] [--channel PATH] [--api-socket PATH]
 
 Boots a Linux bzImage on KVM. The guest's first serial port (ttyS0) is
 connected to this terminal: when standard input is a terminal it is put in
@@ -34,7 +37,12 @@ gvmm creates and brings up (on a bridge if given) unless a TAP of that name
 exists; --channel PATH relays a unix socket to a virtio-console port (the
 guest's /dev/hvc0), one connection at a time; a virtio-rng entropy device is
 always present. The guest kernel needs the virtio_pci driver and those of
-the devices (virtio_blk, virtio_net, virtio_console, virtio-rng).`
+the devices (virtio_blk, virtio_net, virtio_console, virtio-rng).
+
+With --restore, the machine (memory, vCPUs, devices) comes from a file
+written by gvmm snapshot, and the guest carries on where it stopped; its
+devices use the same disk images, TAPs and channel socket as before unless
+--disk, --net or --channel name others.`
 
 const defaultCmdline = "console=ttyS0"
 
@@ -52,12 +60,24 @@ func runCmd(ctx context.Context, e *env, args []string) error {
 	var nets netFlags
 	fs.Var(&nets, "net", "virtio-net on a TAP: `tap=NAME[,bridge=BR][,mac=MAC]` (repeatable)")
 	channel := fs.String("channel", "", "host-guest channel: a unix socket at `path` relayed to the guest's /dev/hvc0")
-	apiSocket := fs.String("api-socket", "", "serve the control API (status, pause, resume) on a unix socket at `path`")
+	apiSocket := fs.String("api-socket", "", "serve the control API (status, pause, resume, snapshot, migrate) on a unix socket at `path`")
+	restore := fs.String("restore", "", "start from a snapshot `file` (gvmm snapshot) instead of booting; --disk, --net, --channel replace the saved machine's devices of that kind")
 	stats := fs.Bool("stats", false, "print gvmm's run time and memory use (peak RSS, guest RAM touched, overhead) on stderr at exit")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
-	if *kernel == "" {
+	if *restore != "" {
+		var clash []string
+		fs.Visit(func(f *flag.Flag) {
+			switch f.Name {
+			case "kernel", "initrd", "cmdline", "memory", "cpus":
+				clash = append(clash, "--"+f.Name)
+			}
+		})
+		if len(clash) > 0 {
+			return usageError("--restore takes the machine from the snapshot; %s cannot be given with it", strings.Join(clash, ", "))
+		}
+	} else if *kernel == "" {
 		return usageError("missing --kernel PATH (see gvmm run --help)")
 	}
 	mem, err := vmm.ParseSize(*memory)
@@ -80,7 +100,9 @@ func runCmd(ctx context.Context, e *env, args []string) error {
 		KVMPath:     *kvmPath,
 		Log:         e.log,
 	}
-	if err := cfg.Validate(); err != nil {
+	if *restore != "" {
+		cfg.Incoming = true
+	} else if err := cfg.Validate(); err != nil {
 		return usageError("%v", err)
 	}
 
@@ -92,7 +114,7 @@ func runCmd(ctx context.Context, e *env, args []string) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 
-	var holder machineHolder
+	holder := machineHolder{log: e.log}
 	if *apiSocket != "" {
 		ln, err := api.Listen(*apiSocket)
 		if err != nil {
@@ -111,13 +133,25 @@ func runCmd(ctx context.Context, e *env, args []string) error {
 		}()
 	}
 
-	m, err := vmm.New(cfg)
-	if err != nil {
+	var m *vmm.Machine
+	var incoming func(context.Context) error
+	if *restore != "" {
+		var comps []vmm.StateComponent
+		if m, comps, err = openSnapshot(ctx, *restore, deviceOverrides{disks: disks, nets: nets, channel: *channel}, cfg); err != nil {
+			return err
+		}
+		incoming = func(ctx context.Context) error {
+			if err := m.Pause(ctx); err != nil { // wait until the vCPUs parked
+				return err
+			}
+			return m.RestoreState(ctx, comps, vmm.RestoreOptions{})
+		}
+	} else if m, err = vmm.New(cfg); err != nil {
 		return explainNewError(err)
 	}
 	holder.set(m)
 	start := time.Now()
-	reason, err := runMachine(ctx, m, con)
+	reason, err := runMachine(ctx, m, con, incoming)
 	holder.set(nil)
 	if *stats {
 		printStats(e.stderr, m, time.Since(start))
@@ -137,6 +171,9 @@ func runCmd(ctx context.Context, e *env, args []string) error {
 	case vmm.ExitPowerOff:
 		e.log.Info("guest powered off")
 		return nil
+	case vmm.ExitMigrated:
+		fmt.Fprintln(e.stderr, "gvmm: the VM was migrated and now runs on the destination")
+		return nil
 	}
 	if con.escaped() {
 		return nil
@@ -144,12 +181,34 @@ func runCmd(ctx context.Context, e *env, args []string) error {
 	return &exitError{code: 130, msg: "interrupted"}
 }
 
-// runMachine runs m with the console attached until it ends.
-func runMachine(ctx context.Context, m *vmm.Machine, con *console) (vmm.ExitReason, error) {
+// runMachine runs m with the console attached until it ends. For an
+// incoming machine (restored or migrated in), incoming runs beside Run
+// while the vCPUs are parked; when it returns nil the guest resumes, and
+// when it fails the machine is stopped and its error returned.
+func runMachine(ctx context.Context, m *vmm.Machine, con *console, incoming func(context.Context) error) (vmm.ExitReason, error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	con.attach(ctx, m.ConsoleInput, cancel)
-	return m.Run(ctx)
+	failed := make(chan error, 1)
+	if incoming != nil {
+		go func() {
+			err := incoming(ctx)
+			if err == nil {
+				err = m.Resume()
+			}
+			if err != nil {
+				failed <- err
+				cancel()
+			}
+		}()
+	}
+	reason, err := m.Run(ctx)
+	select {
+	case ierr := <-failed:
+		return reason, errors.Join(ierr, err)
+	default:
+	}
+	return reason, err
 }
 
 // explainNewError turns a machine-building error into one line a person can

@@ -68,12 +68,32 @@ func TestRunBadInput(t *testing.T) {
 	}
 	f.Close()
 
+	keyOpen := write("key-open", make([]byte, 32)) // mode 0644
+	keyShort := filepath.Join(dir, "key-short")
+	os.WriteFile(keyShort, []byte("abc"), 0o600)
+	key := filepath.Join(dir, "key")
+	os.WriteFile(key, make([]byte, 32), 0o600)
+	notSnap := write("not-a-snapshot", []byte("hello, this is not a snapshot file at all, not even close"))
+
 	tests := []struct {
 		name string
 		args []string
 		want string
 	}{
 		{"no kernel flag", []string{"run"}, "missing --kernel"},
+		{"restore with kernel", []string{"run", "--restore", notSnap, "--kernel", good}, "cannot be given with it"},
+		{"restore with memory", []string{"run", "--restore", notSnap, "--memory", "1G"}, "--memory"},
+		{"restore missing file", []string{"run", "--restore", filepath.Join(dir, "nope.snap")}, "no such file"},
+		{"restore not a snapshot", []string{"run", "--restore", notSnap}, "not a gvmm snapshot"},
+		{"snapshot without socket", []string{"snapshot", "--to", "x"}, "missing --api-socket"},
+		{"snapshot no such VM", []string{"snapshot", "--api-socket", filepath.Join(dir, "no.sock"), "--to", filepath.Join(dir, "s")}, "no.sock"},
+		{"migrate without key", []string{"migrate", "--api-socket", "s", "--to", "h:1"}, "--key"},
+		{"migrate negative connections", []string{"migrate", "--api-socket", "s", "--to", "h:1", "--key", key, "--connections", "-1"}, "negative"},
+		{"migrate missing key file", []string{"migrate", "--api-socket", "s", "--to", "h:1", "--key", filepath.Join(dir, "nokey")}, "key file"},
+		{"receive without listen", []string{"receive", "--key", key}, "missing --listen"},
+		{"receive key readable by others", []string{"receive", "--listen", "127.0.0.1:0", "--key", keyOpen}, "readable by others"},
+		{"receive short key", []string{"receive", "--listen", "127.0.0.1:0", "--key", keyShort}, "want 32 bytes"},
+		{"receive bad address", []string{"receive", "--listen", "nonsense", "--key", key}, "listen"},
 		{"missing kernel", []string{"run", "--kernel", filepath.Join(dir, "nope")}, "no such file"},
 		{"kernel is a directory", []string{"run", "--kernel", dir}, "kernel"},
 		{"empty kernel", []string{"run", "--kernel", empty}, "too short"},

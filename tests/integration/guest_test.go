@@ -70,8 +70,15 @@ type vm struct {
 
 func startVM(t *testing.T, bin string, args ...string) *vm {
 	t.Helper()
+	return startGvmm(t, bin, append([]string{"run"}, args...)...)
+}
+
+// startGvmm starts gvmm with args (a subcommand and its flags) with the
+// guest console, if any, on pipes.
+func startGvmm(t *testing.T, bin string, args ...string) *vm {
+	t.Helper()
 	v := &vm{t: t, grew: make(chan struct{}, 1), done: make(chan struct{})}
-	v.cmd = exec.Command(bin, append([]string{"run"}, args...)...)
+	v.cmd = exec.Command(bin, args...)
 	var err error
 	if v.stdin, err = v.cmd.StdinPipe(); err != nil {
 		t.Fatal(err)

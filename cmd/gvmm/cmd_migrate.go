@@ -1,0 +1,143 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/gvmm/gvmm/api"
+	"github.com/gvmm/gvmm/vmm"
+)
+
+const snapshotSynopsis = `--api-socket PATH --to FILE
+
+Writes the complete state of a running VM (memory, vCPUs, devices) to FILE,
+which must not exist. The VM is paused while its state is written and then
+carries on. "gvmm run --restore FILE" starts it again where it stopped.`
+
+func snapshotCmd(ctx context.Context, e *env, args []string) error {
+	fs := newFlagSet(e, "snapshot", snapshotSynopsis)
+	sock := fs.String("api-socket", "", "the VM's API socket `path` (required)")
+	to := fs.String("to", "", "snapshot `file` to write (required; must not exist)")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	if *sock == "" || *to == "" {
+		return usageError("missing --api-socket PATH or --to FILE")
+	}
+	// The VM process writes the file: give it an absolute path.
+	path, err := filepath.Abs(*to)
+	if err != nil {
+		return fmt.Errorf("snapshot: %w", err)
+	}
+	res, err := api.NewClient(*sock).Snapshot(ctx, api.SnapshotRequest{Path: path})
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(e.stdout, "snapshot %s: %s, VM paused for %.1f ms\n", res.Path, vmm.FormatSize(res.Bytes), res.PausedMs)
+	return nil
+}
+
+const migrateSynopsis = `--api-socket PATH --to HOST:PORT --key FILE [--connections N] [--downtime MS] [--timeout SECONDS]
+
+Live-migrates the VM behind PATH to "gvmm receive --listen HOST:PORT" on
+another host, with pre-copy: memory is copied while the guest runs, then
+again what it dirtied, until what is left fits the downtime budget; then
+the guest is paused, the rest and the device and vCPU state are sent, and
+the destination resumes it. Everything is encrypted and authenticated with
+the 32-byte key in FILE (the same file on both hosts). On success the
+source gvmm exits with status 0; on any failure the source VM keeps
+running and this command says why.`
+
+func migrateCmd(ctx context.Context, e *env, args []string) error {
+	fs := newFlagSet(e, "migrate", migrateSynopsis)
+	sock := fs.String("api-socket", "", "the VM's API socket `path` (required)")
+	to := fs.String("to", "", "destination `HOST:PORT` (required)")
+	key := fs.String("key", "", "pre-shared migration key `file` (32 bytes; required)")
+	conns := fs.Int("connections", 0, "parallel connections for page data (0: default)")
+	downtime := fs.Int("downtime", 0, "downtime budget in `milliseconds` (0: default)")
+	timeout := fs.Int("timeout", 0, "give up after this many `seconds` (0: default)")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	if *sock == "" || *to == "" || *key == "" {
+		return usageError("missing --api-socket PATH, --to HOST:PORT or --key FILE")
+	}
+	if *conns < 0 || *downtime < 0 || *timeout < 0 {
+		return usageError("--connections, --downtime and --timeout must not be negative")
+	}
+	keyPath, err := filepath.Abs(*key)
+	if err != nil {
+		return fmt.Errorf("migrate: %w", err)
+	}
+	if _, err := os.Stat(keyPath); err != nil {
+		return fmt.Errorf("migrate: key file: %w", err)
+	}
+	bar := newProgressPrinter(e.stderr)
+	res, err := api.NewClient(*sock).Migrate(ctx, api.MigrateRequest{
+		To: *to, KeyFile: keyPath, Connections: *conns, DowntimeMs: *downtime, TimeoutSec: *timeout,
+	}, bar.update)
+	bar.done()
+	if err != nil {
+		return fmt.Errorf("%w (the source VM keeps running)", err)
+	}
+	printMigrateResult(e.stdout, res)
+	return nil
+}
+
+// printMigrateResult prints a migration's final figures, one per line.
+func printMigrateResult(w io.Writer, r api.MigrateResult) {
+	fmt.Fprintf(w, "migrated: total %.0f ms, downtime %.1f ms (last dirty pass %.1f, device+vCPU state %.1f, restore %.1f, resume %.1f)\n",
+		r.TotalMs, r.DowntimeMs, r.LastPassMs, r.StateMs, r.RestoreMs, r.ResumeMs)
+	fmt.Fprintf(w, "migrated: %s on the wire, %d pages sent (%d zero, %d compressed), %d passes, throttle up to %d%%\n",
+		vmm.FormatSize(r.WireBytes), r.PagesSent, r.ZeroPages, r.CompressedPages, r.Passes, r.MaxThrottle)
+}
+
+// progressPrinter shows migration progress: a bar redrawn in place on a
+// terminal, plain lines (at most one a second) otherwise.
+type progressPrinter struct {
+	w     io.Writer
+	tty   bool
+	last  time.Time
+	drawn bool
+}
+
+func newProgressPrinter(w io.Writer) *progressPrinter {
+	p := &progressPrinter{w: w}
+	if f, ok := w.(*os.File); ok && isTerminal(f) {
+		p.tty = true
+	}
+	return p
+}
+
+func (p *progressPrinter) update(pr api.Progress) {
+	line := fmt.Sprintf("pass %d: %d pages sent, %d dirty, %.0f MB/s, throttle %d%%",
+		pr.Pass, pr.PagesSent, pr.DirtyPages, pr.BandwidthMBps, pr.ThrottlePercent)
+	if !p.tty {
+		if time.Since(p.last) >= time.Second {
+			p.last = time.Now()
+			fmt.Fprintln(p.w, "migrate: "+line)
+		}
+		return
+	}
+	const width = 30
+	frac := 0.0
+	if pr.TotalPages > 0 && pr.Pass <= 1 {
+		frac = float64(pr.PagesSent) / float64(pr.TotalPages)
+	} else if pr.Pass > 1 {
+		frac = 1
+	}
+	n := min(int(frac*width), width)
+	fmt.Fprintf(p.w, "\r[%s%s] %s\x1b[K", strings.Repeat("#", n), strings.Repeat(".", width-n), line)
+	p.drawn = true
+}
+
+func (p *progressPrinter) done() {
+	if p.drawn {
+		fmt.Fprintln(p.w)
+	}
+}
