@@ -137,9 +137,11 @@ func runCmd(ctx context.Context, e *env, args []string) error {
 	var incoming func(context.Context) error
 	if *restore != "" {
 		var comps []vmm.StateComponent
+		t0 := time.Now()
 		if m, comps, err = openSnapshot(ctx, *restore, deviceOverrides{disks: disks, nets: nets, channel: *channel}, cfg); err != nil {
 			return err
 		}
+		e.log.Info("snapshot read", "path", *restore, "took", time.Since(t0))
 		incoming = func(ctx context.Context) error {
 			if err := m.Pause(ctx); err != nil { // wait until the vCPUs parked
 				return err
@@ -188,9 +190,12 @@ func runCmd(ctx context.Context, e *env, args []string) error {
 func runMachine(ctx context.Context, m *vmm.Machine, con *console, incoming func(context.Context) error) (vmm.ExitReason, error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	con.attach(ctx, m.ConsoleInput, cancel)
 	failed := make(chan error, 1)
-	if incoming != nil {
+	if incoming == nil {
+		con.attach(ctx, m.ConsoleInput, cancel)
+	} else {
+		// Keys typed before the guest runs wait in the console: fed
+		// into the UART now, restoring its state would drop them.
 		go func() {
 			err := incoming(ctx)
 			if err == nil {
@@ -199,7 +204,9 @@ func runMachine(ctx context.Context, m *vmm.Machine, con *console, incoming func
 			if err != nil {
 				failed <- err
 				cancel()
+				return
 			}
+			con.attach(ctx, m.ConsoleInput, cancel)
 		}()
 	}
 	reason, err := m.Run(ctx)

@@ -63,12 +63,12 @@ func gvmmCmd(t *testing.T, bin string, timeout time.Duration, args ...string) (s
 }
 
 // guestWorkload starts what the migration tests check on the far side: a
-// 24 MiB file of random bytes in the guest's RAM (tmpfs) whose checksum is
+// 8 MiB file of random bytes in the guest's RAM (tmpfs) whose checksum is
 // returned, a pattern written to the disk, and a counter the guest keeps
 // incrementing in the background (so memory is dirtied during pre-copy).
 func guestWorkload(t *testing.T, v *vm, off int) (sum string, _ int) {
 	t.Helper()
-	sum, off = v.ask(off, "dd if=/dev/urandom of=/tmp/blob bs=1M count=24 2>/dev/null; md5sum /tmp/blob | cut -d' ' -f1")
+	sum, off = v.ask(off, "dd if=/dev/urandom of=/tmp/blob bs=1M count=8 2>/dev/null; md5sum /tmp/blob | cut -d' ' -f1")
 	if len(sum) != 32 {
 		t.Fatalf("guest md5sum gave %q", sum)
 	}
@@ -77,7 +77,9 @@ func guestWorkload(t *testing.T, v *vm, off int) (sum string, _ int) {
 	} else {
 		off = o
 	}
-	v.send("(i=0; while true; do i=$((i+1)); echo $i > /tmp/counter; done) &\n")
+	// The counter is replaced by a rename, so a reader never sees it
+	// truncated half way through a write.
+	v.send("(i=0; while true; do i=$((i+1)); echo $i > /tmp/counter.new; mv /tmp/counter.new /tmp/counter; done) &\n")
 	time.Sleep(2 * time.Second)
 	return sum, off
 }
@@ -147,7 +149,7 @@ func TestLiveMigration(t *testing.T) {
 		t.Fatalf("source gvmm exited %d after the handover, want 0; stderr:\n%s", c, src.errors())
 	}
 	dst.send("\n")
-	_, doff := dst.waitFor(regexp.MustCompile(`guest# `), 0, commandTimeout)
+	_, doff := dst.waitFor(regexp.MustCompile(`guest# `), 0, bootTimeout)
 	doff = checkWorkload(t, dst, doff, sum)
 	if got, _ := dst.ask(doff, "nproc"); got != "1" {
 		t.Fatalf("nproc on the destination: %q", got)
@@ -250,9 +252,11 @@ func TestSnapshotRestore(t *testing.T) {
 	src.cmd.Process.Kill()
 	<-src.done
 
+	t.Setenv("GVMM_LOG", "info") // the restored gvmm says how long reading took
 	r := startVM(t, env.bin, "--restore", snap)
 	r.send("\n")
-	_, roff := r.waitFor(regexp.MustCompile(`guest# `), 0, commandTimeout)
+	// Reading and checking the file takes a while under nested TCG.
+	_, roff := r.waitFor(regexp.MustCompile(`guest# `), 0, bootTimeout)
 	roff = checkWorkload(t, r, roff, sum)
 	powerOff(t, r)
 }
