@@ -226,6 +226,68 @@ func (s span) each(fn func(gpa, n uint64) error) error {
 	return nil
 }
 
+// iovMax is IOV_MAX on Linux: the most buffers one preadv/pwritev takes.
+const iovMax = 1024
+
+// vectored reads the image at off into the guest buffers of s, or writes
+// them there, with one preadv/pwritev per up to iovMax buffers (a 1 MiB
+// request can have hundreds of segments: one system call each cost more
+// than the copy). Guest pages a read filled are marked dirty, also when
+// it fails part way.
+func (r *requests) vectored(s span, off int64, read bool) error {
+	var views [][]byte
+	var gpas []uint64
+	if err := s.each(func(gpa, n uint64) error {
+		b, err := r.mem.Slice(gpa, n)
+		if err != nil {
+			return err
+		}
+		views, gpas = append(views, b), append(gpas, gpa)
+		return nil
+	}); err != nil {
+		return err
+	}
+	fd := int(r.dev.f.Fd())
+	for i := 0; i < len(views); {
+		batch := views[i:min(len(views), i+iovMax)]
+		var n int
+		var err error
+		if read {
+			n, err = unix.Preadv(fd, batch, off)
+		} else {
+			n, err = unix.Pwritev(fd, batch, off)
+		}
+		if n < 0 {
+			n = 0
+		}
+		if n == 0 && err == nil {
+			// Nothing moved: past the end of the image.
+			return io.ErrUnexpectedEOF
+		}
+		off += int64(n)
+		// Consume n bytes: whole views, then part of one.
+		for n > 0 && i < len(views) {
+			k := min(n, len(views[i]))
+			if read {
+				r.mem.MarkDirty(gpas[i], uint64(k))
+			}
+			n -= k
+			if k == len(views[i]) {
+				i++
+			} else {
+				views[i], gpas[i] = views[i][k:], gpas[i]+uint64(k)
+			}
+		}
+		if errors.Is(err, unix.EINTR) {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 func (r *requests) handle(_ context.Context, _ int, c *virtio.Chain) (uint32, error) {
 	if c.WritableLen == 0 {
 		r.dev.log.Warn("virtio-blk: request without a status byte", "head", c.Head)
@@ -262,18 +324,7 @@ func (r *requests) do(c *virtio.Chain, in span) (status byte, written uint64) {
 		if !d.inRange(sector, in.n) {
 			return StatusIOErr, 0
 		}
-		off := int64(sector * SectorSize)
-		err := in.each(func(gpa, n uint64) error {
-			b, err := r.mem.Slice(gpa, n)
-			if err != nil {
-				return err
-			}
-			k, err := d.f.ReadAt(b, off)
-			// pread wrote k bytes into guest RAM, error or not.
-			r.mem.MarkDirty(gpa, uint64(k))
-			off += int64(k)
-			return err
-		})
+		err := r.vectored(in, int64(sector*SectorSize), true)
 		if err != nil {
 			d.log.Warn("virtio-blk: read", "sector", sector, "err", err)
 			return StatusIOErr, 0
@@ -283,16 +334,7 @@ func (r *requests) do(c *virtio.Chain, in span) (status byte, written uint64) {
 		if d.readOnly || !d.inRange(sector, out.n) {
 			return StatusIOErr, 0
 		}
-		off := int64(sector * SectorSize)
-		err := out.each(func(gpa, n uint64) error {
-			b, err := r.mem.Slice(gpa, n)
-			if err != nil {
-				return err
-			}
-			k, err := d.f.WriteAt(b, off)
-			off += int64(k)
-			return err
-		})
+		err := r.vectored(out, int64(sector*SectorSize), false)
 		if err == nil && r.writeThrough {
 			err = unix.Fdatasync(int(d.f.Fd()))
 		}
