@@ -117,3 +117,27 @@ func apiCmd(name string, call func(*api.Client, context.Context) (api.Status, er
 		return nil
 	}
 }
+
+// serveAPI serves the control API for holder on a unix socket at path
+// until ctx ends; path "" serves nothing. The returned stop cancels ctx
+// (through cancel) and waits for the server to finish.
+func serveAPI(ctx context.Context, cancel context.CancelFunc, path string, holder *machineHolder, e *env) (stop func(), err error) {
+	if path == "" {
+		return func() {}, nil
+	}
+	ln, err := api.Listen(path)
+	if err != nil {
+		return nil, err
+	}
+	served := make(chan struct{})
+	go func() {
+		defer close(served)
+		if err := api.Serve(ctx, ln, holder, e.log); err != nil {
+			e.log.Error("control API stopped", "err", err)
+		}
+	}()
+	return func() {
+		cancel()
+		<-served
+	}, nil
+}

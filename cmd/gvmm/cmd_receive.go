@@ -6,7 +6,6 @@ import (
 	"net"
 	"time"
 
-	"github.com/gvmm/gvmm/api"
 	"github.com/gvmm/gvmm/migration"
 	"github.com/gvmm/gvmm/vmm"
 )
@@ -58,23 +57,11 @@ func receiveCmd(ctx context.Context, e *env, args []string) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	holder := machineHolder{log: e.log}
-	if *apiSocket != "" {
-		aln, err := api.Listen(*apiSocket)
-		if err != nil {
-			return err
-		}
-		served := make(chan struct{})
-		go func() {
-			defer close(served)
-			if err := api.Serve(ctx, aln, &holder, e.log); err != nil {
-				e.log.Error("control API stopped", "err", err)
-			}
-		}()
-		defer func() {
-			cancel()
-			<-served
-		}()
+	stopAPI, err := serveAPI(ctx, cancel, *apiSocket, &holder, e)
+	if err != nil {
+		return err
 	}
+	defer stopAPI()
 
 	base := vmm.Config{Console: e.stdout, KVMPath: *kvmPath, Log: e.log}
 	overrides := deviceOverrides{disks: disks, nets: nets, channel: *channel}

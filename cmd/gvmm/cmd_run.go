@@ -13,7 +13,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/gvmm/gvmm/api"
 	"github.com/gvmm/gvmm/kvm"
 	"github.com/gvmm/gvmm/vmm"
 	"golang.org/x/sys/unix"
@@ -115,23 +114,11 @@ func runCmd(ctx context.Context, e *env, args []string) error {
 	defer cancel()
 
 	holder := machineHolder{log: e.log}
-	if *apiSocket != "" {
-		ln, err := api.Listen(*apiSocket)
-		if err != nil {
-			return err
-		}
-		served := make(chan struct{})
-		go func() {
-			defer close(served)
-			if err := api.Serve(ctx, ln, &holder, e.log); err != nil {
-				e.log.Error("control API stopped", "err", err)
-			}
-		}()
-		defer func() {
-			cancel()
-			<-served
-		}()
+	stopAPI, err := serveAPI(ctx, cancel, *apiSocket, &holder, e)
+	if err != nil {
+		return err
 	}
+	defer stopAPI()
 
 	var m *vmm.Machine
 	var incoming func(context.Context) error
