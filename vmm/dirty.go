@@ -106,8 +106,8 @@ func (m *Machine) TakeDirty() ([][]uint64, error) {
 const throttlePeriod = 10 * time.Millisecond
 
 // Throttle takes percent (0..99) of every vCPU's time away from the guest
-// (live migration's auto-converge): every throttlePeriod of guest time a
-// vCPU sleeps percent/(100-percent) of it. 0 turns throttling off.
+// (live migration's auto-converge): in every throttlePeriod of wall time a
+// vCPU sleeps percent of it. 0 turns throttling off.
 func (m *Machine) Throttle(percent int) {
 	if percent < 0 {
 		percent = 0
@@ -175,5 +175,5 @@ func (m *Machine) throttleSleep() time.Duration {
 	if p <= 0 {
 		return 0
 	}
-	return throttlePeriod * p / (100 - p)
+	return throttlePeriod * p / 100
 }

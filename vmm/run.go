@@ -132,6 +132,10 @@ func (v *vcpu) run(started chan<- struct{}) error {
 	v.tid.Store(int32(unix.Gettid()))
 	started <- struct{}{}
 	for {
+		// Throttling first: a tick that lands while the vCPU sleeps sets
+		// immediate_exit again, which must be cleared before KVM_RUN or
+		// the guest would never run at all.
+		v.throttled()
 		v.cpu.SetImmediateExit(false)
 		if v.stop.Load() {
 			if regs, err := v.cpu.GetRegs(); err == nil {
@@ -147,7 +151,6 @@ func (v *vcpu) run(started chan<- struct{}) error {
 			v.park()
 			continue
 		}
-		v.throttled()
 		if err := v.cpu.Run(); err != nil {
 			if errors.Is(err, unix.EINTR) || errors.Is(err, unix.EAGAIN) {
 				continue // a signal or a kick: look at stop, then re-enter
