@@ -77,6 +77,13 @@ func startVM(t *testing.T, bin string, args ...string) *vm {
 // guest console, if any, on pipes.
 func startGvmm(t *testing.T, bin string, args ...string) *vm {
 	t.Helper()
+	return startGvmmOn(t, nil, bin, args...)
+}
+
+// startGvmmOn is startGvmm on a host of a lan (nil: in the test's own
+// network namespace).
+func startGvmmOn(t *testing.T, h *nsHost, bin string, args ...string) *vm {
+	t.Helper()
 	v := &vm{t: t, grew: make(chan struct{}, 1), done: make(chan struct{})}
 	v.cmd = exec.Command(bin, args...)
 	var err error
@@ -88,7 +95,11 @@ func startGvmm(t *testing.T, bin string, args ...string) *vm {
 		t.Fatal(err)
 	}
 	v.cmd.Stderr = &lockedWriter{v: v, w: &v.stderr}
-	if err := v.cmd.Start(); err != nil {
+	start := v.cmd.Start
+	if h != nil {
+		start = func() error { return h.Start(v.cmd) }
+	}
+	if err := start(); err != nil {
 		t.Fatalf("start gvmm: %v", err)
 	}
 	t.Logf("started %s", strings.Join(v.cmd.Args, " "))

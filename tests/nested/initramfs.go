@@ -29,6 +29,11 @@ var l1Modules = []string{
 	"arch/x86/kvm/kvm.ko",
 	"arch/x86/kvm/kvm-amd.ko",
 	"drivers/net/tun.ko",
+	// The multi-host tests put hosts in network namespaces on a bridge.
+	"net/llc/llc.ko",
+	"net/802/stp.ko",
+	"net/bridge/bridge.ko",
+	"drivers/net/veth.ko",
 }
 
 // Paths inside L1, the contract with the tests (see doc.go).
