@@ -94,7 +94,7 @@ func TestBuildL1(t *testing.T) {
 			t.Errorf("%s missing", name)
 		}
 	}
-	if want := []string{"irqbypass.ko", "ccp.ko", "kvm.ko", "kvm-amd.ko", "tun.ko"}; !slices.Equal(modules, want) {
+	if want := []string{"irqbypass.ko", "ccp.ko", "kvm.ko", "kvm-amd.ko", "tun.ko", "llc.ko", "stp.ko", "bridge.ko", "veth.ko"}; !slices.Equal(modules, want) {
 		t.Errorf("modules in order %q, want %q", modules, want)
 	}
 	if got["tmp"].mode != 0o041777 {
