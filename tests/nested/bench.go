@@ -26,8 +26,13 @@ import (
 // Then, in the same L1 run, iobench (tests/nested/iobench) measures guest
 // virtio-blk write and read and guest-to-host virtio-net TCP throughput
 // with gvmm and with QEMU -M pc given the same devices, -io-n boots each;
-// the harness prints the medians side by side with gvmm/QEMU ratios. -n 0
-// or -io-n 0 leaves one part out.
+// the harness prints the medians side by side with gvmm/QEMU ratios.
+//
+// Last, migbench (tests/nested/migbench) migrates the same idle guest
+// over loopback -mig-n times with gvmm and with QEMU -M pc and the
+// harness prints total time and downtime (as each VMM reports it and as
+// the guest's heartbeat saw it) side by side. -n 0, -io-n 0 or -mig-n 0
+// leaves a part out.
 func benchMode(ctx context.Context, p *progress, args []string) error {
 	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
 	var f l1Flags
@@ -39,12 +44,14 @@ func benchMode(ctx context.Context, p *progress, args []string) error {
 	bootTimeout := fs.Duration("boot-timeout", 5*time.Minute, "bound on one boot; a boot that takes longer is killed and counts as failed")
 	var iof ioFlags
 	iof.register(fs)
+	migN := fs.Int("mig-n", 3, "live migrations with each VMM (idle guest over loopback); 0: none")
+	migVMMs := fs.String("mig-vmms", "gvmm,qemu", "comma-separated VMMs for the migration benchmark: gvmm, qemu (-M pc)")
 	verbose := fs.Bool("v", false, "relay every boot's console")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
-	if fs.NArg() > 0 || *n < 0 || *guestCPUs < 1 || iof.runs < 0 || iof.reps < 1 || iof.diskMiB < 1 || iof.netMiB < 1 || *n+iof.runs == 0 {
-		return fmt.Errorf("%w: bench takes no arguments, -n >= 0, -io-n >= 0 (not both 0), -io-reps, -disk-mib, -net-mib and -guest-cpus >= 1", errUsage)
+	if fs.NArg() > 0 || *n < 0 || *guestCPUs < 1 || iof.runs < 0 || iof.reps < 1 || iof.diskMiB < 1 || iof.netMiB < 1 || *migN < 0 || *n+iof.runs+*migN == 0 {
+		return fmt.Errorf("%w: bench takes no arguments, -n >= 0, -io-n >= 0, -mig-n >= 0 (not all 0), -io-reps, -disk-mib, -net-mib and -guest-cpus >= 1", errUsage)
 	}
 	vmmList := strings.Split(*vmms, ",")
 	withQemu := false
@@ -67,6 +74,16 @@ func benchMode(ctx context.Context, p *progress, args []string) error {
 			return fmt.Errorf("%w: -io-vmms: unknown VMM %q (want gvmm or qemu)", errUsage, v)
 		}
 	}
+	migList := strings.Split(*migVMMs, ",")
+	for _, v := range migList {
+		switch v {
+		case "gvmm":
+		case "qemu":
+			withQemu = withQemu || *migN > 0
+		default:
+			return fmt.Errorf("%w: -mig-vmms: unknown VMM %q (want gvmm or qemu)", errUsage, v)
+		}
+	}
 	nested, err := useNested(p)
 	if err != nil {
 		return err
@@ -76,7 +93,7 @@ func benchMode(ctx context.Context, p *progress, args []string) error {
 		return err
 	}
 	defer h.close()
-	p.say("building gvmm, bootbench and iobench")
+	p.say("building gvmm, bootbench, iobench and migbench")
 	gvmmBin := filepath.Join(h.work, "gvmm")
 	if err := h.tool.build(ctx, gvmmBin, "./cmd/gvmm"); err != nil {
 		return err
@@ -87,6 +104,10 @@ func benchMode(ctx context.Context, p *progress, args []string) error {
 	}
 	ioBin := filepath.Join(h.work, "iobench")
 	if err := h.tool.build(ctx, ioBin, "./tests/nested/iobench"); err != nil {
+		return err
+	}
+	migBin := filepath.Join(h.work, "migbench")
+	if err := h.tool.build(ctx, migBin, "./tests/nested/migbench"); err != nil {
 		return err
 	}
 	gp, err := h.prepareGuest(ctx)
@@ -101,6 +122,8 @@ func benchMode(ctx context.Context, p *progress, args []string) error {
 		"-disk-mib", fmt.Sprint(iof.diskMiB), "-net-mib", fmt.Sprint(iof.netMiB),
 		"-mem", *guestMem, "-cpus", fmt.Sprint(*guestCPUs), "-vmms", iof.vmms,
 		"-boot-timeout", bootTimeout.String(), fmt.Sprintf("-v=%v", *verbose)}
+	migCommon := []string{"-n", fmt.Sprint(*migN), "-mem", *guestMem, "-cpus", fmt.Sprint(*guestCPUs),
+		"-vmms", *migVMMs, "-boot-timeout", bootTimeout.String(), fmt.Sprintf("-v=%v", *verbose)}
 	report := func(parser *consoleParser) error {
 		var errs []string
 		if *n > 0 {
@@ -110,6 +133,11 @@ func benchMode(ctx context.Context, p *progress, args []string) error {
 		}
 		if iof.runs > 0 {
 			if err := ioReport(p, parser, ioVMMs, iof, *guestMem, *guestCPUs, nested); err != nil {
+				errs = append(errs, err.Error())
+			}
+		}
+		if *migN > 0 {
+			if err := migReport(p, parser, migList, *migN, *guestMem, *guestCPUs, nested); err != nil {
 				errs = append(errs, err.Error())
 			}
 		}
@@ -132,6 +160,11 @@ func benchMode(ctx context.Context, p *progress, args []string) error {
 			pl.ioArgs = append([]string{l1IOBench, "-gvmm", l1GvmmBin,
 				"-kernel", l1GuestKernel, "-initrd", l1GuestInitrd, "-dir", "/tmp"}, ioCommon...)
 		}
+		if *migN > 0 {
+			pl.migbench = migBin
+			pl.migArgs = append([]string{l1MigBench, "-gvmm", l1GvmmBin,
+				"-kernel", l1GuestKernel, "-initrd", l1GuestInitrd, "-dir", "/tmp"}, migCommon...)
+		}
 		if withQemu {
 			q, err := findQemuPayload(ctx)
 			if err != nil {
@@ -149,6 +182,9 @@ func benchMode(ctx context.Context, p *progress, args []string) error {
 			}
 			if iof.runs > 0 {
 				pl.ioArgs = append(pl.ioArgs, qa...)
+			}
+			if *migN > 0 {
+				pl.migArgs = append(pl.migArgs, qa...)
 			}
 		}
 		l1, err := h.writeL1(gp, gvmmBin, pl, f.compress)
@@ -193,6 +229,9 @@ func benchMode(ctx context.Context, p *progress, args []string) error {
 		}
 		if iof.runs > 0 {
 			direct(append([]string{ioBin, "-gvmm", gvmmBin, "-kernel", gp.guest.kernel, "-initrd", gp.guest.initrd}, ioCommon...), markerIODone)
+		}
+		if *migN > 0 {
+			direct(append([]string{migBin, "-gvmm", gvmmBin, "-kernel", gp.guest.kernel, "-initrd", gp.guest.initrd}, migCommon...), markerMigDone)
 		}
 	}
 	if len(parser.errors) > 0 {
@@ -342,6 +381,57 @@ func benchReport(p *progress, parser *consoleParser, vmms []string, n int, mem s
 	}
 	if bad > 0 {
 		return fmt.Errorf("%d of %d boots failed or went missing", bad, n*len(vmms))
+	}
+	return nil
+}
+
+// migReport prints the migration table side by side and the verdicts on
+// the targets (gvmm's downtime at most half of QEMU's, its total
+// time no longer), and fails if any migration failed or is missing.
+func migReport(p *progress, parser *consoleParser, vmms []string, n int, mem string, cpus int, nested bool) error {
+	where := "on this host"
+	if nested {
+		where = "inside L1 (nested KVM under QEMU/TCG: compare the VMMs with each other, not with other machines)"
+	}
+	p.say("migration bench results: idle guest %s, %d vCPU(s), %d migration(s) per VMM over loopback TCP, measured %s", mem, cpus, n, where)
+	p.relay("gvmm: encrypted (AES-256-GCM) and compressed, its defaults; QEMU -M pc: plaintext, its defaults but max-bandwidth lifted; the heartbeat gap includes up to one heartbeat period (20 ms):")
+	sums := benchfmt.SummarizeMig(parser.mig, vmms)
+	for _, l := range benchfmt.MigTable(sums, n) {
+		p.relay("  " + l)
+	}
+	bad := 0
+	by := map[string]benchfmt.MigSummary{}
+	for _, s := range sums {
+		by[s.VMM] = s
+		for _, r := range s.Failed {
+			p.relay(fmt.Sprintf("  FAILED: %s migration %d: %s", r.VMM, r.Run, r.Why))
+		}
+		bad += len(s.Failed)
+		if s.Runs < n {
+			p.relay(fmt.Sprintf("  MISSING: %s: %d of %d migrations never reported", s.VMM, n-s.Runs, n))
+			bad += n - s.Runs
+		}
+	}
+	g, q := by["gvmm"], by["qemu"]
+	verdict := func(ok bool) string {
+		if ok {
+			return "met"
+		}
+		return "NOT met"
+	}
+	if g.Downtime.N > 0 && q.Downtime.N > 0 {
+		p.relay(fmt.Sprintf("gvmm / QEMU median downtime as reported: %.2fx; as the guest saw it: %.2fx; target at most 0.5x: %s (reported), %s (guest)",
+			g.Downtime.Median/q.Downtime.Median, g.Gap.Median/q.Gap.Median,
+			verdict(g.Downtime.Median <= q.Downtime.Median/2), verdict(g.Gap.Median <= q.Gap.Median/2)))
+		p.relay(fmt.Sprintf("gvmm / QEMU median total time: %.2fx; target at most 1x: %s",
+			g.Total.Median/q.Total.Median, verdict(g.Total.Median <= q.Total.Median)))
+	}
+	if !parser.migRan && bad == 0 {
+		p.relay("migbench did not report its end")
+		bad++
+	}
+	if bad > 0 {
+		return fmt.Errorf("%d of %d migrations failed or went missing", bad, n*len(vmms))
 	}
 	return nil
 }

@@ -246,6 +246,8 @@ type l1Plan struct {
 	bootbench   string        // bench mode: host path of bootbench, put at l1BootBench
 	ioArgs      []string      // bench mode: the iobench command line; none: no I/O benchmark
 	iobench     string        // bench mode: host path of iobench, put at l1IOBench
+	migArgs     []string      // bench mode: the migbench command line; none: no migration benchmark
+	migbench    string        // bench mode: host path of migbench, put at l1MigBench
 	qemu        *qemuPayload  // bench mode: QEMU to compare with; nil: none
 	heartbeat   int           // seconds between heartbeats; 0: none
 }
@@ -270,6 +272,8 @@ func (pl l1Plan) script() string {
 	fmt.Fprintf(&b, "GVMM_BENCH_IO=%d\n", min(len(pl.ioArgs), 1))
 	fmt.Fprintf(&b, "gvmm_bench() {\n\t%s\n}\n", shCommand(pl.benchArgs))
 	fmt.Fprintf(&b, "gvmm_iobench() {\n\t%s\n}\n", shCommand(pl.ioArgs))
+	fmt.Fprintf(&b, "GVMM_BENCH_MIG=%d\n", min(len(pl.migArgs), 1))
+	fmt.Fprintf(&b, "gvmm_migbench() {\n\t%s\n}\n", shCommand(pl.migArgs))
 	return b.String()
 }
 
@@ -324,6 +328,9 @@ func buildL1(d debPackages, applets []string, gvmmBin string, guest guestImage, 
 	}
 	if err == nil && pl.iobench != "" {
 		err = im.hostFile(l1IOBench, pl.iobench, 0o755)
+	}
+	if err == nil && pl.migbench != "" {
+		err = im.hostFile(l1MigBench, pl.migbench, 0o755)
 	}
 	if err == nil && pl.qemu != nil {
 		err = pl.qemu.add(im)

@@ -79,6 +79,12 @@ bench)
 		gvmm_iobench </dev/null 2>&1
 		echo "=== GVMM-NESTED IOBENCH DONE rc=$?"
 	fi
+	# migbench (tests/nested/migbench) live-migrates an idle guest with
+	# gvmm and with QEMU; one MIGBENCH RESULT line per migration.
+	if [ "$GVMM_BENCH_MIG" = 1 ]; then
+		gvmm_migbench </dev/null 2>&1
+		echo "=== GVMM-NESTED MIGBENCH DONE rc=$?"
+	fi
 	;;
 shell)
 	echo "L1 shell: /dev/kvm is ready, gvmm and the guest image are in /gvmm. Type poweroff to leave."

@@ -25,6 +25,9 @@ const (
 
 	markerIOResult = benchfmt.IOPrefix                 // + one transfer's figures (iobench)
 	markerIODone   = markerPrefix + "IOBENCH DONE rc=" // + iobench's exit status
+
+	markerMigResult = benchfmt.MigPrefix                 // + one migration's figures (migbench)
+	markerMigDone   = markerPrefix + "MIGBENCH DONE rc=" // + migbench's exit status
 )
 
 // guestUp is the first line the guest's /init prints (tests/guest/init).
@@ -93,6 +96,10 @@ type consoleParser struct {
 	ioRC     int                 // valid when ioRan
 	// ioRan is set by IOBENCH DONE: iobench ended with status ioRC.
 	ioRan bool
+	mig   []benchfmt.MigResult // MIGBENCH RESULT lines
+	migRC int                  // valid when migRan
+	// migRan is set by MIGBENCH DONE: migbench ended with status migRC.
+	migRan bool
 }
 
 func newConsoleParser() *consoleParser {
@@ -177,6 +184,20 @@ func (p *consoleParser) marker(m string) {
 			return
 		}
 		p.benchRC, p.benchRan = rc, true
+	case strings.HasPrefix(m, markerMigResult):
+		r, err := benchfmt.ParseMig(m)
+		if err != nil {
+			p.errors = append(p.errors, "unreadable marker: "+m)
+			return
+		}
+		p.mig = append(p.mig, r)
+	case strings.HasPrefix(m, markerMigDone):
+		rc, err := strconv.Atoi(strings.TrimPrefix(m, markerMigDone))
+		if err != nil {
+			p.errors = append(p.errors, "unreadable marker: "+m)
+			return
+		}
+		p.migRC, p.migRan = rc, true
 	case strings.HasPrefix(m, markerIOResult):
 		r, err := benchfmt.ParseIO(m)
 		if err != nil {

@@ -17,6 +17,7 @@ const (
 	l1QemuData  = "/gvmm/qemu/share" // its firmware (-L)
 	l1BootBench = "/gvmm/bin/bootbench"
 	l1IOBench   = "/gvmm/bin/iobench"
+	l1MigBench  = "/gvmm/bin/migbench"
 )
 
 // qemuFirmware are the files QEMU reads from its data folders to boot a

@@ -6,6 +6,8 @@
 //	agent info                      prints "gvmm-agent: cpus=N mem_kib=M"
 //	agent disk read|write DEV MIB   times O_DIRECT sequential I/O on DEV (iobench.go)
 //	agent tcpsend HOST:PORT MIB     sends MIB MiB over TCP (iobench.go)
+//	agent heartbeat PERIOD_MS       prints a timestamped line every period (migrate.go)
+//	agent dirty MIB PAGES_PER_SEC   dirties MIB MiB of memory at a rate (migrate.go)
 package main
 
 import (
@@ -35,6 +37,15 @@ func main() {
 		os.Exit(runIOCommand(diskBench, os.Args[2:]))
 	case "tcpsend":
 		os.Exit(runIOCommand(tcpSend, os.Args[2:]))
+	case "heartbeat", "dirty":
+		f := heartbeat
+		if os.Args[1] == "dirty" {
+			f = dirty
+		}
+		if err := f(os.Args[2:]); err != nil {
+			fmt.Fprintf(os.Stderr, "gvmm-agent: %v\n", err)
+			os.Exit(1)
+		}
 	default:
 		fmt.Fprintf(os.Stderr, "agent: unknown command %q\n", os.Args[1])
 		os.Exit(2)
