@@ -8,6 +8,7 @@
 //	agent tcpsend HOST:PORT MIB     sends MIB MiB over TCP (iobench.go)
 //	agent heartbeat PERIOD_MS       prints a timestamped line every period (migrate.go)
 //	agent dirty MIB PAGES_PER_SEC   dirties MIB MiB of memory at a rate (migrate.go)
+//	agent tcpecho HOST:PORT         echoes lines on a TCP connection (migrate.go)
 package main
 
 import (
@@ -37,11 +38,8 @@ func main() {
 		os.Exit(runIOCommand(diskBench, os.Args[2:]))
 	case "tcpsend":
 		os.Exit(runIOCommand(tcpSend, os.Args[2:]))
-	case "heartbeat", "dirty":
-		f := heartbeat
-		if os.Args[1] == "dirty" {
-			f = dirty
-		}
+	case "heartbeat", "dirty", "tcpecho":
+		f := map[string]func([]string) error{"heartbeat": heartbeat, "dirty": dirty, "tcpecho": tcpEcho}[os.Args[1]]
 		if err := f(os.Args[2:]); err != nil {
 			fmt.Fprintf(os.Stderr, "gvmm-agent: %v\n", err)
 			os.Exit(1)

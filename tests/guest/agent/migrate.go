@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"strconv"
 	"time"
@@ -88,4 +89,30 @@ func dirty(args []string) error {
 			fmt.Printf("gvmm-dirty: pass %d, %.0f pages/s\n", pass, float64(written)/el.Seconds())
 		}
 	}
+}
+
+// tcpEcho connects to HOST:PORT and answers every line it reads with
+// "echo " and the line, until the peer closes: a TCP connection a test
+// can hold open across a live migration and use on both sides of it.
+//
+//	agent tcpecho HOST:PORT
+func tcpEcho(args []string) error {
+	if len(args) != 1 {
+		return errors.New("usage: agent tcpecho HOST:PORT")
+	}
+	c, err := net.DialTimeout("tcp", args[0], 30*time.Second)
+	if err != nil {
+		return fmt.Errorf("tcpecho: %w", err)
+	}
+	defer c.Close()
+	sc := bufio.NewScanner(c)
+	for sc.Scan() {
+		if _, err := fmt.Fprintf(c, "echo %s\n", sc.Text()); err != nil {
+			return fmt.Errorf("tcpecho: %w", err)
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return fmt.Errorf("tcpecho: %w", err)
+	}
+	return nil
 }
