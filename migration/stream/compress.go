@@ -10,8 +10,11 @@ import (
 type Compression int
 
 const (
-	// CompressAuto compresses with zstd at its fastest level and turns
-	// itself off while it does not pay. It is the zero value.
+	// CompressAuto compresses with zstd at its fastest level where it
+	// pays: only batches bound for a connection whose link is the
+	// bottleneck (its queue of sealed records full), and it
+	// pauses itself while batches do not shrink enough. It is the zero
+	// value.
 	CompressAuto Compression = iota
 	// CompressOff never compresses.
 	CompressOff

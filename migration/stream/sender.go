@@ -52,6 +52,10 @@ type Options struct {
 	Logger *slog.Logger
 	// Now is the clock for Stats.Duration (default time.Now).
 	Now func() time.Time
+
+	// ignoreLink, for tests of the ratio policy: CompressAuto tries
+	// batches whether or not the link is the bottleneck.
+	ignoreLink bool
 }
 
 // Stats are a sender's or receiver's counters.
@@ -91,14 +95,16 @@ func (c *counters) snapshot() Stats {
 // Any error is final: the sender stops and every later call returns it.
 // The source VM stays authoritative until AwaitAck succeeds.
 type Sender struct {
-	hdr     Header
-	conns   []*sconn
-	ackAEAD cipher.AEAD
-	maxBody int
-	batch   int
-	log     *slog.Logger
-	now     func() time.Time
-	start   time.Time
+	// ignoreLink: Options.ignoreLink.
+	ignoreLink bool
+	hdr        Header
+	conns      []*sconn
+	ackAEAD    cipher.AEAD
+	maxBody    int
+	batch      int
+	log        *slog.Logger
+	now        func() time.Time
+	start      time.Time
 
 	ctx    context.Context
 	cancel context.CancelCauseFunc
@@ -216,12 +222,13 @@ func NewSender(conns []io.Writer, key []byte, opts Options) (*Sender, error) {
 			GuestMemSize: opts.GuestMemSize, MaxRecordSize: declared,
 			MaxBatchPages: uint32(batch), Suite: suiteAES256GCM,
 		},
-		maxBody: maxBody,
-		batch:   batch,
-		log:     opts.Logger,
-		now:     opts.Now,
-		jobs:    make(chan job, workers*2),
-		wrote:   make(chan struct{}, 1),
+		maxBody:    maxBody,
+		batch:      batch,
+		ignoreLink: opts.ignoreLink,
+		log:        opts.Logger,
+		now:        opts.Now,
+		jobs:       make(chan job, workers*2),
+		wrote:      make(chan struct{}, 1),
 	}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
@@ -389,6 +396,15 @@ func (s *Sender) writer(c *sconn) {
 			next++
 		}
 	}
+}
+
+// linkBound says whether c's link, not the CPU, limits the stream: at
+// its queue of sealed records is (all but) full, waiting for the writer.
+// Only then can compression make the stream faster; where the link keeps
+// up (loopback, fast networks) compressing only costs CPU time that
+// encryption needs, and CompressAuto sends the batch as it is.
+func linkBound(c *sconn) bool {
+	return len(c.in) >= cap(c.in)-1
 }
 
 // reserve hands out c's next sequence number.
@@ -600,7 +616,7 @@ func (s *Sender) encode(w *workerState, j job) error {
 	body = binary.BigEndian.AppendUint32(body, uint32(len(w.dataRuns)))
 	body = appendRuns(body, w.dataRuns)
 	compressed := false
-	if w.comp.shouldTry() {
+	if (s.ignoreLink || w.comp.mode != CompressAuto || linkBound(c)) && w.comp.shouldTry() {
 		if w.wasOff {
 			s.log.Debug("stream: probing compression again")
 			w.wasOff = false

@@ -130,7 +130,7 @@ func TestRoundTrip(t *testing.T) {
 		{"tcp/16/always", 16, true, CompressAlways},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			st, _ := roundTrip(t, tc.conns, Options{Compression: tc.comp, BatchPages: 32}, guest, tc.tcp)
+			st, _ := roundTrip(t, tc.conns, Options{Compression: tc.comp, BatchPages: 32, ignoreLink: true}, guest, tc.tcp)
 			if st.ZeroPages == 0 || st.Pages == 0 {
 				t.Fatalf("scenario sent no zero or no data pages: %+v", st)
 			}
@@ -232,7 +232,7 @@ func TestCompression(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			var buf bytes.Buffer
 			ctx := context.Background()
-			s, err := NewSender([]io.Writer{&buf}, testKey, Options{GuestMemSize: size, Compression: tc.mode})
+			s, err := NewSender([]io.Writer{&buf}, testKey, Options{GuestMemSize: size, Compression: tc.mode, ignoreLink: true})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -624,5 +624,64 @@ func TestAcceptSkipsStrayConnections(t *testing.T) {
 	}
 	if err := <-done; err != nil {
 		t.Fatalf("sender: %v", err)
+	}
+}
+
+// slowWriter is a link slower than the workers: each write takes a while.
+type slowWriter struct {
+	bytes.Buffer
+	delay time.Duration
+}
+
+func (w *slowWriter) Write(p []byte) (int, error) {
+	time.Sleep(w.delay)
+	return w.Buffer.Write(p)
+}
+
+// CompressAuto compresses only where the link is the bottleneck: over a
+// writer that keeps up, compressible memory goes raw; over a slow one it
+// is compressed. Both streams decode to the same memory.
+func TestCompressAutoFollowsTheLink(t *testing.T) {
+	const size = 4 << 20
+	text := make([]byte, size)
+	for off := 0; off < size; off += PageSize {
+		fillPage(text[off:off+PageSize], kindText, newRand(uint64(off)))
+	}
+	for _, tc := range []struct {
+		name string
+		w    interface {
+			io.Writer
+			Bytes() []byte
+		}
+		min, max float64 // fraction of pages compressed
+	}{
+		{"fast link", &bytes.Buffer{}, 0, 0.5},
+		{"slow link", &slowWriter{delay: 5 * time.Millisecond}, 0.8, 1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx := context.Background()
+			s, err := NewSender([]io.Writer{tc.w}, testKey, Options{GuestMemSize: size, Workers: 2, BatchPages: 16})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := s.SendRange(ctx, 0, text); err != nil {
+				t.Fatal(err)
+			}
+			st, err := s.Finish(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			frac := float64(st.CompressedPages) / float64(st.Pages)
+			if frac < tc.min || frac > tc.max {
+				t.Fatalf("%.2f of pages compressed, want %.2f..%.2f", frac, tc.min, tc.max)
+			}
+			_, mem, err := receive([][]byte{tc.w.Bytes()}, testKey, size, ReceiverOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !bytes.Equal(mem.mem, text) {
+				t.Fatal("memory differs after the round trip")
+			}
+		})
 	}
 }
