@@ -145,6 +145,9 @@ func TestLiveMigrationSMPNet(t *testing.T) {
 	env := requireKVM(t, true)
 	privateBridge(t)
 	dir := t.TempDir()
+	// Any temporary file either side made would land here.
+	tmp := t.TempDir()
+	t.Setenv("TMPDIR", tmp)
 	srcSock, dstSock := filepath.Join(dir, "src.sock"), filepath.Join(dir, "dst.sock")
 	key := migrationKey(t)
 	img := diskImage(t)
@@ -203,6 +206,7 @@ func TestLiveMigrationSMPNet(t *testing.T) {
 		t.Fatalf("gvmm migrate printed no figures:\n%s", out)
 	}
 	downtime, _ := strconv.ParseFloat(m[2], 64)
+	checkNoFiles(t, dst.cmd.Process.Pid, tmp, img)
 	if c := src.wait(exitTimeout); c != 0 {
 		t.Fatalf("source gvmm exited %d after the handover, want 0; stderr:\n%s", c, src.errors())
 	}
@@ -221,6 +225,33 @@ func TestLiveMigrationSMPNet(t *testing.T) {
 	// time the guest spent paused or by the wall-clock time since boot.
 	checkGuestClock(t, downtime, 2*time.Second, src.console(), dst.console())
 	powerOff(t, dst)
+}
+
+// checkNoFiles checks that a migration left no guest memory on disk on
+// the destination (pid): its TMPDIR (tmp) is empty and the only regular
+// files it holds open on a file system are allowed (the disk image).
+func checkNoFiles(t *testing.T, pid int, tmp string, allowed ...string) {
+	t.Helper()
+	if ents, err := os.ReadDir(tmp); err != nil || len(ents) > 0 {
+		t.Errorf("TMPDIR after the migration: %d entries, %v; want none", len(ents), err)
+	}
+	fds, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
+	if err != nil {
+		t.Fatalf("destination's open files: %v", err)
+	}
+	for _, fd := range fds {
+		target, err := os.Readlink(fmt.Sprintf("/proc/%d/fd/%s", pid, fd.Name()))
+		if err != nil || !strings.HasPrefix(target, "/") || strings.HasPrefix(target, "/dev/") {
+			continue // sockets, pipes, anon inodes, devices
+		}
+		ok := false
+		for _, a := range allowed {
+			ok = ok || target == a
+		}
+		if !ok {
+			t.Errorf("destination holds %s open (fd %s): guest memory may be on disk", target, fd.Name())
+		}
+	}
 }
 
 // rssKiB is the resident set of process pid, in KiB (0 if unreadable).
