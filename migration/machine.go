@@ -110,6 +110,12 @@ var (
 	// ErrTimeout: Options.Timeout passed before the destination
 	// acknowledged.
 	ErrTimeout = errors.New("migration timed out")
+	// ErrDestinationClosed: the destination closed or reset a connection
+	// before it acknowledged. It says no more than that (a source cannot
+	// authenticate a destination that refused its stream): the reason, a
+	// different key, an incompatible CPU or a failure there, is in the
+	// destination's error.
+	ErrDestinationClosed = errors.New("the destination closed the connection (its own error says why: a different key, an incompatible CPU, or a failure there)")
 )
 
 // layout is a checked copy of a machine's regions, sorted by address.

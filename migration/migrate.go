@@ -9,6 +9,7 @@ import (
 	"math"
 	"math/bits"
 	"net"
+	"syscall"
 	"time"
 
 	"github.com/gvmm/gvmm/migration/stream"
@@ -189,6 +190,8 @@ func Migrate(ctx context.Context, src Source, conns []net.Conn, key []byte, opts
 	if err != nil {
 		if c := context.Cause(ctx); c != nil && !errors.Is(err, c) {
 			err = fmt.Errorf("%w: %w", c, err)
+		} else if c == nil && peerClosed(err) {
+			err = fmt.Errorf("%w: %w", ErrDestinationClosed, err)
 		}
 		err = m.abort(ctx, err)
 	}
@@ -416,6 +419,13 @@ func (m *migrator) switchover(ctx context.Context, maps [][]uint64) error {
 	m.logging = false
 	m.report(PhaseDone, m.stats.Passes-1, 0, 0)
 	return nil
+}
+
+// peerClosed says whether err is the far end closing or resetting a
+// connection.
+func peerClosed(err error) bool {
+	return errors.Is(err, syscall.EPIPE) || errors.Is(err, syscall.ECONNRESET) ||
+		errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, net.ErrClosed)
 }
 
 // abort cancels the stream and gives the source back its guest.

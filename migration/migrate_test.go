@@ -267,7 +267,7 @@ func TestMigrateFails(t *testing.T) {
 			setup: func(_ *testing.T, _ *fakeSource, _ *fakeDest, s *setup) {
 				s.dstKey = bytes.Repeat([]byte{7}, 32)
 			},
-			dstWant: stream.ErrAuth,
+			want: ErrDestinationClosed, dstWant: stream.ErrAuth,
 		},
 		{
 			name: "cpu-refused",
@@ -280,7 +280,7 @@ func TestMigrateFails(t *testing.T) {
 					return errors.New("AVX-512 missing here")
 				}
 			},
-			dstWant: stream.ErrCPU,
+			want: ErrDestinationClosed, dstWant: stream.ErrCPU,
 		},
 		{
 			name: "prepare-fails",
@@ -288,7 +288,7 @@ func TestMigrateFails(t *testing.T) {
 			setup: func(_ *testing.T, _ *fakeSource, _ *fakeDest, s *setup) {
 				s.ropts.Prepare = func([]byte) (Destination, error) { return nil, errors.New("no memory for that machine") }
 			},
-			dstWant: stream.ErrCPU,
+			want: ErrDestinationClosed, dstWant: stream.ErrCPU,
 		},
 		{
 			name: "prepared-layout-differs",
@@ -296,14 +296,14 @@ func TestMigrateFails(t *testing.T) {
 				d.regions = d.regions[:1]
 				s.ropts.Prepare = func([]byte) (Destination, error) { return d, nil }
 			},
-			dstWant: ErrLayout,
+			want: ErrDestinationClosed, dstWant: ErrLayout,
 		},
 		{
 			name: "layout-differs",
 			setup: func(_ *testing.T, _ *fakeSource, d *fakeDest, _ *setup) {
 				d.regions[1].GPA += PageSize
 			},
-			dstWant: ErrLayout,
+			want: ErrDestinationClosed, dstWant: ErrLayout,
 		},
 		{
 			name: "cancel-during-precopy", rate: 100000, link: 8 * mb,
