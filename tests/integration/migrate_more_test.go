@@ -401,8 +401,8 @@ func TestMigrationFaults(t *testing.T) {
 			t.Fatal("gvmm migrate did not end after its destination was killed")
 		}
 		t.Logf("gvmm migrate after the kill (exit %s):\n%s", r[1], r[0])
-		if r[1] == "0" || !strings.Contains(r[0], "keeps running") {
-			t.Fatalf("migrate exited %s without the keeps-running message", r[1])
+		if r[1] == "0" || !strings.Contains(r[0], "keeps running") || !strings.Contains(r[0], "destination closed the connection") {
+			t.Fatalf("migrate exited %s without the destination-closed and keeps-running messages", r[1])
 		}
 		off = sourceAlive(t, src, off, "after its destination died mid-pre-copy")
 	})
@@ -437,8 +437,8 @@ func TestMigrationFaults(t *testing.T) {
 				t.Fatal("gvmm migrate did not end after its destination was killed")
 			}
 			t.Logf("gvmm migrate after the kill (attempt %d, exit %s):\n%s", attempt, r[1], r[0])
-			if r[1] == "0" || !strings.Contains(r[0], "keeps running") {
-				t.Fatalf("migrate exited %s without the keeps-running message", r[1])
+			if r[1] == "0" || !strings.Contains(r[0], "keeps running") || !strings.Contains(r[0], "destination closed the connection") {
+				t.Fatalf("migrate exited %s without the destination-closed and keeps-running messages", r[1])
 			}
 			off = sourceAlive(t, src, off, "after its destination died mid-switchover")
 			if regexp.MustCompile(`final pass|save state|state|manifest|await ack|finish`).MatchString(r[0]) {

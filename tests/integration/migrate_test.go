@@ -215,6 +215,9 @@ func TestMigrationFailureKeepsSource(t *testing.T) {
 	if code == 0 {
 		t.Fatalf("migration with the wrong key succeeded:\n%s", out)
 	}
+	if !strings.Contains(out, "destination closed the connection") || !strings.Contains(out, "different key") {
+		t.Errorf("gvmm migrate to a receiver with another key does not point at the key: %s", out)
+	}
 	if c := dst.wait(exitTimeout); c == 0 {
 		t.Fatalf("receiver with the wrong key exited 0; stderr:\n%s", dst.errors())
 	}
