@@ -89,6 +89,20 @@
 // with the host's load averages, and only runs on an otherwise idle host
 // compare well.
 //
+// Last, tests/nested/migbench live-migrates, -mig-n rounds (default 3),
+// the same idle guest (256 MiB, the serial console only) over loopback in
+// L1: with "gvmm migrate" to a "gvmm receive" (encrypted, its defaults),
+// and with QEMU -M pc to a second QEMU started with -incoming, over QMP
+// (plaintext, its defaults but max-bandwidth lifted). The guest runs
+// "agent heartbeat 20" (a numbered, timestamped line every 20 ms); the
+// benchmark timestamps each line on arrival from either VMM's console.
+// One "=== GVMM-NESTED MIGBENCH RESULT" line per migration gives total
+// time and downtime as the VMM reports them, the longest heartbeat gap
+// (the downtime the guest's console saw, the same measurement for both
+// VMMs, up to one period more than the pause) and how far the guest's
+// clock moved across it; the harness prints the medians side by side and
+// the verdicts on the targets. -mig-n 0 leaves this part out.
+//
 // Downloads (apt-get download, unpacked with dpkg -x) are cached under
 // $GVMM_CACHE (default <repo>/.cache/gvmm), one folder per package version.
 // Each run builds into its own folder under $GVMM_CACHE/build, removed at the
