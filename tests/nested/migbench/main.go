@@ -541,7 +541,9 @@ func (v *vm) read(r io.ReadCloser) {
 			v.line(strings.TrimRight(string(part[:i]), "\r"), at)
 			part = part[i+1:]
 		}
-		if bytes.HasSuffix(part, []byte("# ")) || (err != nil && len(part) > 0) {
+		// A prompt has no newline (and ash may follow it with a cursor
+		// query): pass it on as it is.
+		if bytes.Contains(part, []byte("# ")) || (err != nil && len(part) > 0) {
 			v.line(string(part), at)
 			part = nil
 		}
