@@ -43,8 +43,19 @@ func TestGapRefusesAHole(t *testing.T) {
 	var b beats
 	now := time.Now()
 	b.add("src", "gvmm-hb 1 0 0", now)
-	b.add("dst", "gvmm-hb 3 40 40", now.Add(time.Second))
+	b.add("dst", "gvmm-hb 4 60 60", now.Add(time.Second))
 	if _, _, err := b.gap(); err == nil {
 		t.Fatal("a missing heartbeat went unnoticed")
+	}
+}
+
+// One line cut in two where the consoles switch is forgiven.
+func TestGapForgivesOneCutLine(t *testing.T) {
+	var b beats
+	now := time.Now()
+	b.add("src", "gvmm-hb 1 0 0", now)
+	b.add("dst", "gvmm-hb 3 40 40", now.Add(100*time.Millisecond))
+	if gap, _, err := b.gap(); err != nil || gap != 100 {
+		t.Fatalf("gap %v, %v; want 100 ms", gap, err)
 	}
 }
