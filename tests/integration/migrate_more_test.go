@@ -414,7 +414,8 @@ func TestMigrationFaults(t *testing.T) {
 			dst, addr := receiver(fmt.Sprintf("switch%d", attempt))
 			_, done := migrateAsync(t, env.bin, "--api-socket", sock, "--to", addr, "--key", key,
 				"--downtime", "20000", "--timeout", "300")
-			// Paused: no new heartbeat for 400 ms while migrate runs.
+			// Paused: no new heartbeat (one every 10 ms) for 150 ms while
+			// migrate runs.
 			var r [2]string
 			from := len(src.console())
 			last, lastAt, killed := 0, time.Now(), false
@@ -426,7 +427,7 @@ func TestMigrationFaults(t *testing.T) {
 				}
 				if n := beatsSince(src, from); n != last {
 					last, lastAt = n, time.Now()
-				} else if time.Since(lastAt) > 400*time.Millisecond {
+				} else if time.Since(lastAt) > 150*time.Millisecond {
 					dst.cmd.Process.Signal(syscall.SIGKILL)
 					killed = true
 				}
