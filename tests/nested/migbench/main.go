@@ -260,7 +260,7 @@ func (m *mig) run(ctx context.Context) benchfmt.MigResult {
 }
 
 var gvmmResult = regexp.MustCompile(`migrated: total ([\d.]+) ms, downtime ([\d.]+) ms`)
-var gvmmWire = regexp.MustCompile(`migrated: ([\d.]+) (B|KiB|MiB|GiB) on the wire`)
+var gvmmWire = regexp.MustCompile(`migrated: ([\d.]+) ?(B|KiB|MiB|GiB)? on the wire`)
 
 // gvmmMigrate runs gvmm migrate and reads its final figures.
 func (m *mig) gvmmMigrate(ctx context.Context, sock, addr string, r *benchfmt.MigResult) string {
@@ -282,7 +282,7 @@ func (m *mig) gvmmMigrate(ctx context.Context, sock, addr string, r *benchfmt.Mi
 	r.DowntimeMs, _ = strconv.ParseFloat(mm[2], 64)
 	if w := gvmmWire.FindStringSubmatch(string(out)); w != nil {
 		f, _ := strconv.ParseFloat(w[1], 64)
-		mult := map[string]float64{"B": 1, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30}[w[2]]
+		mult := map[string]float64{"": 1, "B": 1, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30}[w[2]]
 		r.WireBytes = int64(f * mult)
 	}
 	return ""
