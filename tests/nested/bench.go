@@ -394,7 +394,7 @@ func migReport(p *progress, parser *consoleParser, vmms []string, n int, mem str
 		where = "inside L1 (nested KVM under QEMU/TCG: compare the VMMs with each other, not with other machines)"
 	}
 	p.say("migration bench results: idle guest %s, %d vCPU(s), %d migration(s) per VMM over loopback TCP, measured %s", mem, cpus, n, where)
-	p.relay("gvmm: encrypted (AES-256-GCM) and compressed, its defaults; QEMU -M pc: plaintext, its defaults but max-bandwidth lifted; the heartbeat gap includes up to one heartbeat period (20 ms):")
+	p.relay("gvmm: encrypted (AES-256-GCM; zstd only where the link is the bottleneck), its defaults; QEMU -M pc: plaintext, its defaults but max-bandwidth lifted; the heartbeat gap includes up to one heartbeat period (20 ms); under TCG the AES-NI and PCLMULQDQ instructions gvmm's encryption uses are emulated in software:")
 	sums := benchfmt.SummarizeMig(parser.mig, vmms)
 	for _, l := range benchfmt.MigTable(sums, n) {
 		p.relay("  " + l)
