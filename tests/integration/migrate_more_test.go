@@ -11,6 +11,7 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -53,10 +54,13 @@ func privateBridge(t *testing.T) {
 	}
 }
 
-// waitListeningHere is waitListening for a receiver in this thread's
-// network namespace (/proc/net is the process's, /proc/thread-self/net
-// the thread's).
-func waitListeningHere(t *testing.T, addr string, v *vm) {
+// waitListening waits until the receiving gvmm listens on addr, looking at
+// /proc/thread-self/net/tcp rather than connecting (a probe connection is
+// one the receiver has to drop). It reads the calling thread's network
+// namespace: /proc/net/tcp is the main thread's, and a test that locked
+// its goroutine to the main thread and moved it to a namespace of its own
+// leaves the main thread there for good.
+func waitListening(t *testing.T, addr string, v *vm) {
 	t.Helper()
 	_, port, _ := net.SplitHostPort(addr)
 	p, _ := strconv.Atoi(port)
@@ -196,7 +200,7 @@ func TestLiveMigrationSMPNet(t *testing.T) {
 	addr := "127.0.0.1:7411"
 	dst := startGvmm(t, env.bin, "receive", "--listen", addr, "--key", key, "--api-socket", dstSock,
 		"--net", "tap=mdst0,bridge=br0,mac="+mac)
-	waitListeningHere(t, addr, dst)
+	waitListening(t, addr, dst)
 	out, code := gvmmCmd(t, env.bin, 5*time.Minute, "migrate", "--api-socket", srcSock, "--to", addr, "--key", key)
 	if code != 0 {
 		t.Fatalf("gvmm migrate exited %d:\n%s\nsource stderr:\n%s\ndestination stderr:\n%s", code, out, src.errors(), dst.errors())
@@ -269,23 +273,41 @@ func rssKiB(pid int) int64 {
 	return 0
 }
 
-// migrateAsync starts gvmm migrate; the channel gets its output and exit
-// status.
-func migrateAsync(t *testing.T, bin string, args ...string) (*exec.Cmd, <-chan [2]string) {
+// syncBuf is an output buffer that can be read while a process writes it.
+type syncBuf struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (b *syncBuf) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.Write(p)
+}
+
+func (b *syncBuf) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.String()
+}
+
+// migrateAsync starts gvmm migrate; out shows its output so far, and done
+// gets its whole output and exit status.
+func migrateAsync(t *testing.T, bin string, args ...string) (out *syncBuf, done <-chan [2]string) {
 	t.Helper()
 	cmd := exec.Command(bin, append([]string{"migrate"}, args...)...)
-	var out strings.Builder
-	cmd.Stdout, cmd.Stderr = &out, &out
+	out = &syncBuf{}
+	cmd.Stdout, cmd.Stderr = out, out
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	done := make(chan [2]string, 1)
+	ch := make(chan [2]string, 1)
 	go func() {
 		cmd.Wait()
-		done <- [2]string{out.String(), strconv.Itoa(cmd.ProcessState.ExitCode())}
+		ch <- [2]string{out.String(), strconv.Itoa(cmd.ProcessState.ExitCode())}
 	}()
 	t.Cleanup(func() { cmd.Process.Kill() })
-	return cmd, done
+	return out, ch
 }
 
 // beatsSince counts the heartbeat lines on v's console after offset from.
@@ -408,47 +430,43 @@ func TestMigrationFaults(t *testing.T) {
 	})
 
 	t.Run("dst-killed-mid-switchover", func(t *testing.T) {
-		// A generous budget: the dirtier's working set goes in one final
-		// pass, with the guest paused long enough to be seen paused.
-		for attempt := 1; ; attempt++ {
-			dst, addr := receiver(fmt.Sprintf("switch%d", attempt))
-			_, done := migrateAsync(t, env.bin, "--api-socket", sock, "--to", addr, "--key", key,
-				"--downtime", "20000", "--timeout", "300")
-			// Paused: no new heartbeat (one every 10 ms) for 150 ms while
-			// migrate runs.
-			var r [2]string
-			from := len(src.console())
-			last, lastAt, killed := 0, time.Now(), false
-			for !killed {
-				select {
-				case r = <-done:
-					t.Fatalf("migration ended (exit %s) before the source was seen paused:\n%s", r[1], r[0])
-				case <-time.After(20 * time.Millisecond):
-				}
-				if n := beatsSince(src, from); n != last {
-					last, lastAt = n, time.Now()
-				} else if time.Since(lastAt) > 150*time.Millisecond {
-					dst.cmd.Process.Signal(syscall.SIGKILL)
-					killed = true
-				}
-			}
+		// A budget of 20 s: right after the full pass the source pauses
+		// and sends what the dirtier dirtied meanwhile (tens of MiB, over
+		// a second here) in one final pass. The progress line of pass 0
+		// comes just before the pause; the kill follows it by 100 ms.
+		dst, addr := receiver("switch")
+		out, done := migrateAsync(t, env.bin, "--api-socket", sock, "--to", addr, "--key", key,
+			"--downtime", "20000", "--timeout", "300")
+		deadline := time.Now().Add(3 * time.Minute)
+		for !strings.Contains(out.String(), "pass 0:") {
 			select {
-			case r = <-done:
-			case <-time.After(2 * time.Minute):
-				t.Fatal("gvmm migrate did not end after its destination was killed")
+			case r := <-done:
+				t.Fatalf("migration ended (exit %s) before pass 0 was reported:\n%s", r[1], r[0])
+			case <-time.After(10 * time.Millisecond):
 			}
-			t.Logf("gvmm migrate after the kill (attempt %d, exit %s):\n%s", attempt, r[1], r[0])
-			if r[1] == "0" || !strings.Contains(r[0], "keeps running") || !strings.Contains(r[0], "destination closed the connection") {
-				t.Fatalf("migrate exited %s without the destination-closed and keeps-running messages", r[1])
-			}
-			off = sourceAlive(t, src, off, "after its destination died mid-switchover")
-			if regexp.MustCompile(`final pass|save state|state|manifest|await ack|finish`).MatchString(r[0]) {
-				return
-			}
-			if attempt == 2 {
-				t.Fatalf("twice the kill did not land in the switchover (the heartbeat stalled during pre-copy)")
+			if time.Now().After(deadline) {
+				t.Fatal("no progress line for pass 0 within 3 minutes")
 			}
 		}
+		time.Sleep(100 * time.Millisecond)
+		dst.cmd.Process.Signal(syscall.SIGKILL)
+		var r [2]string
+		select {
+		case r = <-done:
+		case <-time.After(2 * time.Minute):
+			t.Fatal("gvmm migrate did not end after its destination was killed")
+		}
+		t.Logf("gvmm migrate after the kill (exit %s):\n%s", r[1], r[0])
+		if r[1] == "0" {
+			t.Fatalf("migration succeeded within 100 ms of its switchover starting: the kill came too late")
+		}
+		if !strings.Contains(r[0], "keeps running") || !strings.Contains(r[0], "destination closed the connection") {
+			t.Fatalf("migrate exited %s without the destination-closed and keeps-running messages", r[1])
+		}
+		if !regexp.MustCompile(`final pass|save state|send state|manifest|await ack|finish`).MatchString(r[0]) {
+			t.Fatalf("the kill did not land in the switchover")
+		}
+		off = sourceAlive(t, src, off, "after its destination died mid-switchover")
 	})
 	powerOff(t, src)
 }

@@ -157,37 +157,6 @@ func TestLiveMigration(t *testing.T) {
 	powerOff(t, dst)
 }
 
-// waitListening waits until the receiving gvmm listens on addr, looking at
-// /proc/net/tcp rather than connecting (a probe connection is one the
-// receiver has to drop).
-func waitListening(t *testing.T, addr string, v *vm) {
-	t.Helper()
-	_, port, err := net.SplitHostPort(addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var p int
-	fmt.Sscan(port, &p)
-	want := fmt.Sprintf(":%04X ", p)
-	deadline := time.Now().Add(time.Minute)
-	for time.Now().Before(deadline) {
-		select {
-		case <-v.done:
-			t.Fatalf("gvmm receive exited early (%v): %s", v.err, v.errors())
-		default:
-		}
-		b, _ := os.ReadFile("/proc/net/tcp")
-		for _, line := range strings.Split(string(b), "\n") {
-			f := strings.Fields(line)
-			if len(f) > 3 && strings.HasSuffix(f[1]+" ", want) && f[3] == "0A" { // TCP_LISTEN
-				return
-			}
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-	t.Fatalf("gvmm receive did not listen on %s", addr)
-}
-
 // TestMigrationFailureKeepsSource: a migration to a host where nobody
 // listens, and one to a receiver holding another key, both fail with a
 // reason, and the source guest keeps running and answering.
