@@ -32,6 +32,9 @@ type RefusedError struct {
 	Remote bool
 }
 
+// MigrationRefused marks the error as a decision (api.Refusal).
+func (e *RefusedError) MigrationRefused() bool { return true }
+
 func (e *RefusedError) Error() string {
 	who := ""
 	if e.Remote {
