@@ -151,6 +151,9 @@ type OpenOptions struct {
 	// NeedState refuses a store without a policy state (and without a
 	// host key); false opens a store that is being set up.
 	NeedState bool
+	// StoreOnly stops after unsealing the store: no policy state, host
+	// key or verifier is loaded (for setting them up).
+	StoreOnly bool
 	// Now is the clock; Logger receives debug events.
 	Now    func() time.Time
 	Logger *slog.Logger
@@ -205,6 +208,9 @@ func OpenHost(ctx context.Context, tp *tpm.TPM, dir string, opts OpenOptions) (o
 	}
 	if id.HostID != info.HostID {
 		return nil, fmt.Errorf("open host: %s belongs to TPM host %s, this TPM is %s", dir, info.HostID, id.HostID)
+	}
+	if opts.StoreOnly {
+		return op, nil
 	}
 	state, err := policy.LoadHostState(st)
 	if err != nil {
