@@ -98,14 +98,17 @@
 // Host set-up (per host):
 //
 //	gvmm host init --state S --tpm T [--approver IT-approver.pub.pem]
+//	gvmm host approve --key IT-approver.key --state S --executable GVMM_BUILD    (only with --approver:
+//	    one approval per gvmm build the host may run, no TPM needed; without any, the store stays shut)
 //	gvmm policy --state S --tpm T hostkey --name laptop [--groups tom-devices,office] [--owner TOM_ID] --out laptop.principal.json
 //	    creates the host's ed25519 key in its sealed store (once) and writes
 //	    its directory entry (kind host, key, tpm_host_id); prints the host's key id
+//	    (without --out it prints the entry instead)
 //
 // Users (anywhere, no TPM):
 //
-//	gvmm policy keygen -out tom.key           prints {"id":ID,"key":...}
-//	gvmm policy principal --key tom.key --name Tom --roles user --out tom.principal.json
+//	gvmm policy keygen -out tom.key           prints {"id":ID,"key":...}; refuses an existing file
+//	gvmm policy principal --key tom.key --name Tom --roles user --out tom.principal.json    prints Tom's key id
 //	gvmm policy principal --key it.key  --name IT  --roles admin --out it.principal.json
 //	gvmm policy directory --out dir.json tom.principal.json bob.principal.json it.principal.json laptop.principal.json ...
 //	gvmm policy id --key tom.key              prints the key id (also: --principal FILE)
@@ -117,7 +120,7 @@
 // Enrollment: each host that will verify another (every source, for every
 // destination; a destination that requires source attestation, for every
 // source) enrolls it; the gate loads every S/enrolled/*.json with the key
-// in S/verifier/:
+// in S/verifier/ (create S/enrolled first: mkdir -p S_A/enrolled):
 //
 //	gvmm enroll challenge --verifier-dir S_A/verifier --host-identity S_B/identity.json --out ch.json
 //	gvmm enroll activate  --tpm T_B --state S_B --challenge ch.json --out resp.json
@@ -154,7 +157,7 @@
 //	gvmm migrate --api-socket A.sock --to ADDR --state S_A --tpm T_A --request mig.json
 //	             [--remediation-retries N] [--retry-delay 2s]
 //
-// gvmm migrate prints, one per line, in order:
+// gvmm migrate prints on stdout, one per line, in order:
 //
 //	gate: requester authenticated: Tom (KEYID)
 //	gate: policy pre-check allowed by rule R
@@ -162,17 +165,41 @@
 //	gate: policy allowed by rule R
 //	gate: key released to laptop
 //	gate: handshake X ms (authenticate A ms, attest B ms, decide C ms, key release D ms)
-//	... then the existing progress and "migrated: ..." figures.
+//	... then the existing progress (stderr) and "migrated: ..." figures, and
+//	migrated: handshake before the first page X ms (authenticate A, attest B, decide C, key release D), destination NAME at LEVEL, N attempt(s)
 //
-// A refusal prints "gate: migration refused (STAGE) by rule R: REASON",
-// for an outdated destination also "gate: destination must update: have
-// HEX, acceptable: VERSION (HEX), ...", exits with status 3, and the
-// source VM keeps running. Other failures exit 1.
+// A refusal prints "gate: migration refused (STAGE) by rule R: REASON"
+// (or "gate: migration refused by the peer (...)" when the destination
+// refused), for an outdated destination first also "gate: destination must
+// update: have HEX, acceptable: VERSION (HEX), ...", exits with status 3,
+// and the source VM keeps running. With --remediation-retries N such a
+// refusal (and, after it, a destination that is restarting) is tried again
+// up to N times, "gate: retrying in D (attempt K of N+1)" each time, with
+// the same authenticated request. Other failures exit 1.
 //
-// gvmm receive prints "gate: source SOURCE: migrate-in allowed by rule R"
-// (or "... refused by rule R: REASON", then exits 3, or with
-// --update-cmd runs it and re-executes itself) and then the existing
-// "migration received" figures. It opens only the device backings given on
+// The gate runs inside the VM's own gvmm process (gvmm run): gvmm migrate
+// passes it the signed request, the state directory and the TPM URI over
+// the API socket, and that process opens the TPM and the sealed store
+// itself, so the migration key never leaves it.
+//
+// gvmm receive prints its gate lines on stderr (stdout is the guest's
+// console): "gate: host NAME (ID) opened its sealed state; measured gvmm
+// sha256 HEX", "gate: source SOURCE (ID) asks to send vm VM ...",
+// "gate: attested to SOURCE", "gate: source SOURCE: migrate-in allowed by
+// rule R", then the existing "migration received" figures. Its own refusal
+// prints "gate: migrate-in refused (STAGE) by rule R: REASON" and exits 3.
+// A refusal by the source prints "gate: refused by the source (STAGE) by
+// rule R: REASON" and, for outdated measurements, "gate: required: gvmm
+// VERSION (sha256 HEX); this host runs HEX"; without --update-cmd it exits
+// 3. With --update-cmd CMD it prints "gate: running the update command",
+// runs "/bin/sh -c CMD" with GVMM_REMEDIATION (the JSON policy.Remediation)
+// and GVMM_EXECUTABLE (the path to replace) in its environment, prints
+// "gate: updated; PATH is now sha256 HEX; starting again to measure it"
+// and executes PATH with the same arguments (at most 3 rounds). CMD must
+// replace the file atomically (cp NEW "$GVMM_EXECUTABLE.new" && mv
+// "$GVMM_EXECUTABLE.new" "$GVMM_EXECUTABLE": a running executable cannot
+// be written in place), and the new build must be approved for the host's
+// store (gvmm host approve), else the new launch cannot unseal it. It opens only the device backings given on
 // its own command line: a source whose description names a disk, TAP or
 // channel the destination was not given one for is refused.
 //
