@@ -134,7 +134,7 @@ func receiveCmd(ctx context.Context, e *env, args []string) error {
 			// The source's machine description arrives before any page:
 			// build the machine to receive into from it.
 			Prepare: func(infoBytes []byte) (migration.Destination, error) {
-				cfg, info, err := incomingConfig(infoBytes, overrides, base)
+				cfg, info, err := incomingConfig(infoBytes, keepGuestMACs(infoBytes, overrides), base)
 				if err != nil {
 					return nil, err
 				}
@@ -211,6 +211,28 @@ func ownBackingsOnly(cfg vmm.Config, o deviceOverrides) error {
 		return errors.New("the source's VM has a channel device: give this host's socket with --channel (gvmm receive opens only backings named on its own command line)")
 	}
 	return nil
+}
+
+// keepGuestMACs gives each --net without a mac= the MAC the guest's NIC
+// had on the source: a MAC is what the guest sees, not a host backing, and
+// changing it under a running guest breaks its network.
+func keepGuestMACs(infoBytes []byte, o deviceOverrides) deviceOverrides {
+	info, err := vmm.DecodeMigrationInfo(infoBytes)
+	if err != nil {
+		return o // incomingConfig reports it
+	}
+	src, err := info.Description.Config()
+	if err != nil || len(src.Nets) != len(o.nets) {
+		return o
+	}
+	nets := append([]vmm.NetConfig(nil), o.nets...)
+	for i := range nets {
+		if nets[i].MAC == nil {
+			nets[i].MAC = src.Nets[i].MAC
+		}
+	}
+	o.nets = nets
+	return o
 }
 
 // gateIn opens this host's sealed state and runs the destination's side
