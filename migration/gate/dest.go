@@ -168,6 +168,9 @@ func (d *Destination) session(ctx context.Context, raw net.Conn) (acc *Accepted,
 	}
 
 	// Attest, bound to this session, with a key only this process holds.
+	if h.TPM == nil || h.LaunchLog == nil {
+		return nil, fmt.Errorf("accept migration: this host has no TPM open to attest with")
+	}
 	eph, err := tpm.NewEphemeralKey()
 	if err != nil {
 		return nil, fmt.Errorf("accept migration: %w", err)
