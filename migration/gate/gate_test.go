@@ -298,6 +298,7 @@ func TestChangedBinaryCannotUnseal(t *testing.T) {
 	if err == nil || !errors.Is(err, tpm.ErrUnseal) {
 		t.Fatalf("a changed gvmm opened the store: %v", err)
 	}
+	wantAuditRefusal(t, h, "sealed-state", "do not unseal")
 	// The unchanged build still does, once the launch is fresh.
 	if err := os.WriteFile(h.exePath, []byte(exeV1), 0o755); err != nil {
 		t.Fatal(err)
@@ -339,6 +340,7 @@ func TestPolicyChangedOnDisk(t *testing.T) {
 			if !errors.Is(err, tpm.ErrBlob) {
 				t.Fatalf("opened a changed policy state: %v", err)
 			}
+			wantAuditRefusal(t, h, "policy-state", "authentication failed")
 		})
 	}
 }

@@ -36,6 +36,10 @@ const (
 	maxRecord   = 64 << 10
 )
 
+// KindOpenHost is the audit kind of a host that could not open its sealed
+// trust state (and so refuses every migration).
+const KindOpenHost = "open-host"
+
 // ErrHostKey is returned when the sealed store holds no host key.
 var ErrHostKey = errors.New("no host key in the sealed store (run gvmm policy hostkey)")
 
@@ -197,9 +201,19 @@ func OpenHost(ctx context.Context, tp *tpm.TPM, dir string, opts OpenOptions) (o
 			op, err = nil, fmt.Errorf("open host: %w", cerr)
 		}
 	}()
+	// A host that cannot open its trust state refuses everything; the
+	// audit log (outside the sealed store) says why.
+	refuse := func(rule string, err error) error {
+		d := policy.Deny(policy.StagePrecheck, rule, err)
+		if al, aerr := audit.Open(filepath.Join(dir, AuditFile), opts.Now); aerr == nil {
+			_, _ = al.Append(audit.Event{Kind: KindOpenHost, Decision: d})
+			al.Close()
+		}
+		return &RefusedError{Decision: d, Err: err}
+	}
 	st, err := tpm.OpenHostStoreApproved(ctx, tp, dir, nil, approvals)
 	if err != nil {
-		return nil, fmt.Errorf("open host %s: gvmm's measurements do not unseal its store (changed or unapproved gvmm?): %w", dir, err)
+		return nil, refuse("sealed-state", fmt.Errorf("open host %s: gvmm's measurements do not unseal its store (changed or unapproved gvmm?): %w", dir, err))
 	}
 	op = &Opened{Store: st, Log: lg, Info: info}
 	id, err := tp.Identity(ctx)
@@ -207,7 +221,7 @@ func OpenHost(ctx context.Context, tp *tpm.TPM, dir string, opts OpenOptions) (o
 		return nil, fmt.Errorf("open host: %w", err)
 	}
 	if id.HostID != info.HostID {
-		return nil, fmt.Errorf("open host: %s belongs to TPM host %s, this TPM is %s", dir, info.HostID, id.HostID)
+		return nil, refuse("sealed-state", fmt.Errorf("open host: %s belongs to TPM host %s, this TPM is %s", dir, info.HostID, id.HostID))
 	}
 	if opts.StoreOnly {
 		return op, nil
@@ -217,11 +231,11 @@ func OpenHost(ctx context.Context, tp *tpm.TPM, dir string, opts OpenOptions) (o
 		if !opts.NeedState && errors.Is(err, fs.ErrNotExist) {
 			return op, nil
 		}
-		return nil, fmt.Errorf("open host: policy state (run gvmm policy init): %w", err)
+		return nil, refuse("policy-state", fmt.Errorf("open host: policy state (run gvmm policy init): %w", err))
 	}
 	key, err := HostKey(st, false)
 	if err != nil {
-		return nil, fmt.Errorf("open host: %w", err)
+		return nil, refuse("policy-state", fmt.Errorf("open host: %w", err))
 	}
 	self, ok := state.Directory().Lookup(policy.KeyIDOf(key.Public().(ed25519.PublicKey)))
 	if !ok || self.Kind != policy.KindHost {

@@ -30,7 +30,12 @@ type RefusedError struct {
 	Decision policy.Decision
 	// Remote is set when the peer decided.
 	Remote bool
+	// Err is the failure the decision was made on, if any.
+	Err error
 }
+
+// Unwrap returns the failure the refusal was made on.
+func (e *RefusedError) Unwrap() error { return e.Err }
 
 // MigrationRefused marks the error as a decision (api.Refusal).
 func (e *RefusedError) MigrationRefused() bool { return true }
