@@ -250,7 +250,10 @@ func gateIn(ctx context.Context, e *env, ln net.Listener, state, tpmURI, updateC
 	}
 	defer tp.Close()
 	op, err := gate.OpenHost(ctx, tp, state, gate.OpenOptions{NeedState: true, Logger: e.log})
-	if err != nil {
+	if r := (*gate.RefusedError)(nil); errors.As(err, &r) {
+		fmt.Fprintf(e.stderr, "gate: this host refuses every migration: %v\n", err)
+		return nil, nil, &exitError{code: 3, msg: "cannot open this host's sealed state"}
+	} else if err != nil {
 		return nil, nil, err
 	}
 	h := op.Host
