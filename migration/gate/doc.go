@@ -208,5 +208,18 @@
 // tests of the migration engine only).
 //
 // The audit log is S/audit.log (one hash-chained JSON record per
-// decision; policy/audit).
+// decision; policy/audit). A gvmm that cannot open its sealed state (a
+// changed or unapproved executable, an edited policy state) refuses every
+// migration and records why (kind "open-host", rule "sealed-state" or
+// "policy-state"); gvmm migrate and gvmm receive then exit 3.
+//
+// Known limits: on a TPM shared by several gvmm processes of one host
+// (swtpm, hardware) each process's measured launch resets (software) or
+// extends the measured PCR, so a waiting gvmm receive whose launch log no
+// longer replays is refused by the source (fail closed): give each
+// software-TPM host one TPM per concurrent gvmm process, or use the
+// fixed-seed simulator, which is per process. Any host in the directory
+// can end a waiting gvmm receive by being refused (a denial of service,
+// not a bypass). Rollback of the whole sealed state is not detected
+// (package policy).
 package gate
