@@ -244,6 +244,9 @@ func gateIn(ctx context.Context, e *env, ln net.Listener, state, tpmURI, updateC
 	if err != nil {
 		return nil, nil, usageError("%v", err)
 	}
+	if err := checkStateTPM(cfg); err != nil {
+		return nil, nil, err
+	}
 	tp, err := tpm.Open(ctx, cfg, e.log)
 	if err != nil {
 		return nil, nil, err

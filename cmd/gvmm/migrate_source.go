@@ -152,6 +152,9 @@ func gateOut(ctx context.Context, req api.MigrateRequest, step func(string), log
 	if err != nil {
 		return nil, nil, err
 	}
+	if err := checkStateTPM(cfg); err != nil {
+		return nil, nil, err
+	}
 	tp, err := tpm.Open(ctx, cfg, log)
 	if err != nil {
 		return nil, nil, err
@@ -230,3 +233,13 @@ func dialAll(ctx context.Context, addr string, n int) ([]net.Conn, error) {
 }
 
 var errNoMachine = errors.New("no machine is running")
+
+// checkStateTPM refuses the random-seed simulator for a host state: it
+// forgets its keys with each process, so nothing sealed by another
+// process (gvmm host init) can be unsealed with it.
+func checkStateTPM(cfg tpm.Config) error {
+	if cfg.Kind == tpm.KindSimulator && !cfg.Insecure() {
+		return usageError("--tpm sim is a new random TPM in every process and cannot open a host state: give the URI the state was made with (sim?insecure-fixed-seed=N, swtpm+unix://..., device:///dev/tpmrm0)")
+	}
+	return nil
+}
