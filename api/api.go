@@ -53,8 +53,20 @@ type SnapshotResult struct {
 type MigrateRequest struct {
 	// To is the destination's HOST:PORT (gvmm receive --listen).
 	To string `json:"to"`
-	// KeyFile holds the 32-byte pre-shared migration key.
-	KeyFile string `json:"key_file"`
+	// KeyFile holds a 32-byte pre-shared migration key: the INSECURE
+	// test mode, without policy or attestation. Exactly one of KeyFile
+	// and Request is set.
+	KeyFile string `json:"key_file,omitempty"`
+	// Request is a user's signed migrate request (policy.Signed, JSON):
+	// the VM process runs the attestation-gated handshake (package
+	// migration/gate) with the host state in State and the TPM at TPM.
+	Request []byte `json:"request,omitempty"`
+	State   string `json:"state,omitempty"`
+	TPM     string `json:"tpm,omitempty"`
+	// RemediationRetries is how many times a destination refused only
+	// for outdated measurements is tried again, RetryDelayMs apart.
+	RemediationRetries int `json:"remediation_retries,omitempty"`
+	RetryDelayMs       int `json:"retry_delay_ms,omitempty"`
 	// Connections is the number of parallel connections (0: default).
 	Connections int `json:"connections,omitempty"`
 	// DowntimeMs is the downtime budget (0: default).
@@ -71,6 +83,9 @@ type Progress struct {
 	TotalPages      uint64  `json:"total_pages"`
 	BandwidthMBps   float64 `json:"bandwidth_mbps"`
 	ThrottlePercent int     `json:"throttle_percent"`
+	// Step, when set, is a line about the handshake before the first
+	// page (the other fields are then zero).
+	Step string `json:"step,omitempty"`
 }
 
 // MigrateResult is a finished migration's figures.
@@ -87,7 +102,31 @@ type MigrateResult struct {
 	CompressedPages uint64  `json:"compressed_pages"`
 	Passes          int     `json:"passes"`
 	MaxThrottle     int     `json:"max_throttle_percent"`
+	// Handshake is the gate's part, before the first page (none in the
+	// pre-shared key mode).
+	Handshake *Handshake `json:"handshake,omitempty"`
 }
+
+// Handshake is what the attestation-gated handshake decided and took.
+type Handshake struct {
+	Rule           string  `json:"rule"`
+	Trust          string  `json:"trust"`
+	Destination    string  `json:"destination"`
+	AuthenticateMs float64 `json:"authenticate_ms"`
+	AttestMs       float64 `json:"attest_ms"`
+	DecideMs       float64 `json:"decide_ms"`
+	ReleaseMs      float64 `json:"release_ms"`
+	TotalMs        float64 `json:"total_ms"`
+	Attempts       int     `json:"attempts"`
+}
+
+// ErrRefused is returned (wrapped) by Client.Migrate when the migration
+// was refused by a policy or attestation decision.
+var ErrRefused = errors.New("migration refused")
+
+// Refusal is implemented by errors that are a policy or attestation
+// decision against a migration (gate.RefusedError).
+type Refusal interface{ MigrationRefused() bool }
 
 // migrateLine is one line of PUT /v1/vm/migrate's streamed reply: progress
 // lines, then exactly one line with a result or an error.
@@ -95,6 +134,7 @@ type migrateLine struct {
 	Progress *Progress      `json:"progress,omitempty"`
 	Result   *MigrateResult `json:"result,omitempty"`
 	Error    string         `json:"error,omitempty"`
+	Refused  bool           `json:"refused,omitempty"`
 }
 
 const maxBody = 1 << 16
@@ -176,8 +216,8 @@ func Serve(ctx context.Context, ln net.Listener, m Machine, log *slog.Logger) er
 			replyError(w, http.StatusBadRequest, err)
 			return
 		}
-		if req.To == "" || req.KeyFile == "" {
-			replyError(w, http.StatusBadRequest, errors.New("migrate: destination and key file are required"))
+		if req.To == "" || (req.KeyFile == "") == (req.Request == nil) || (req.Request != nil && req.State == "") {
+			replyError(w, http.StatusBadRequest, errors.New("migrate: destination and either a signed request with a host state or a key file are required"))
 			return
 		}
 		// The reply is a stream of JSON lines: progress, then the
@@ -201,7 +241,8 @@ func Serve(ctx context.Context, ln net.Listener, m Machine, log *slog.Logger) er
 		res, err := m.Migrate(ctx, req, func(p Progress) { send(migrateLine{Progress: &p}) })
 		if err != nil {
 			log.Warn("api: migrate", "err", err)
-			send(migrateLine{Error: err.Error()})
+			var r Refusal
+			send(migrateLine{Error: err.Error(), Refused: errors.As(err, &r) && r.MigrationRefused()})
 			return
 		}
 		log.Info("api: migrated", "to", req.To, "downtime_ms", res.DowntimeMs)
@@ -303,6 +344,8 @@ func (c *Client) Migrate(ctx context.Context, req MigrateRequest, progress func(
 			return res, fmt.Errorf("api PUT %s: reply ended without a result: %w", path, err)
 		}
 		switch {
+		case l.Error != "" && l.Refused:
+			return res, fmt.Errorf("migrate: %w: %s", ErrRefused, l.Error)
 		case l.Error != "":
 			return res, fmt.Errorf("migrate: %s", l.Error)
 		case l.Result != nil:

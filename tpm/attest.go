@@ -47,6 +47,10 @@ type Evidence struct {
 	// /sys/kernel/security/tpm0/binary_bios_measurements), for a policy
 	// that replays PCRs 0-7. Empty otherwise.
 	BootLog []byte `json:"boot_log,omitempty"`
+	// ChannelBinding is the secure channel the quote was made for (a TLS
+	// exporter value the host computed from its own end), or empty. It
+	// is part of the quote's extra data.
+	ChannelBinding []byte `json:"channel_binding,omitempty"`
 }
 
 const (
@@ -54,8 +58,12 @@ const (
 	nonceSize       = 32
 	maxIDLen        = 128
 	maxEvidence     = 1 << 20 // room for a base64 boot log of maxBootLog
-	// quoteDomain separates gvmm quote extra data from anything else.
-	quoteDomain = "gvmm-quote-v1\x00"
+	// quoteDomain separates gvmm quote extra data from anything else;
+	// quoteDomainBound is the domain of extra data with a channel binding.
+	quoteDomain      = "gvmm-quote-v1\x00"
+	quoteDomainBound = "gvmm-quote-v2-channel\x00"
+	// MaxChannelBinding bounds a channel binding.
+	MaxChannelBinding = 64
 )
 
 // ParseEvidence decodes evidence from an untrusted source: size-limited,
@@ -84,9 +92,23 @@ func ParseEvidence(r io.Reader) (*Evidence, error) {
 // and the length-prefixed nonce, migration id, host id and ephemeral key.
 // A quote made for one of them is useless for any other.
 func QuoteExtraData(nonce []byte, migrationID, hostID string, ephemeralPub []byte) []byte {
+	return QuoteExtraDataBound(nonce, migrationID, hostID, ephemeralPub, nil)
+}
+
+// QuoteExtraDataBound is QuoteExtraData with a channel binding (a TLS
+// exporter value): with one, the domain differs and the binding is a fifth
+// length-prefixed field, so a quote made for one TLS session is useless in
+// any other. Without one it equals QuoteExtraData.
+func QuoteExtraDataBound(nonce []byte, migrationID, hostID string, ephemeralPub, binding []byte) []byte {
 	h := sha256.New()
-	h.Write([]byte(quoteDomain))
-	for _, f := range [][]byte{nonce, []byte(migrationID), []byte(hostID), ephemeralPub} {
+	fields := [][]byte{nonce, []byte(migrationID), []byte(hostID), ephemeralPub}
+	if len(binding) == 0 {
+		h.Write([]byte(quoteDomain))
+	} else {
+		h.Write([]byte(quoteDomainBound))
+		fields = append(fields, binding)
+	}
+	for _, f := range fields {
 		var n [4]byte
 		binary.BigEndian.PutUint32(n[:], uint32(len(f)))
 		h.Write(n[:])
@@ -97,7 +119,14 @@ func QuoteExtraData(nonce []byte, migrationID, hostID string, ephemeralPub []byt
 
 // Attest quotes pcrs with gvmm's AK for challenge ch and returns evidence.
 func (t *TPM) Attest(ctx context.Context, ch *Challenge, hostID string, ephemeralPub []byte, pcrs []int, log *Log) (*Evidence, error) {
-	if len(ch.Nonce) != nonceSize || len(ch.MigrationID) > maxIDLen {
+	return t.AttestBound(ctx, ch, hostID, ephemeralPub, nil, pcrs, log)
+}
+
+// AttestBound is Attest for a quote also bound to a secure channel:
+// binding is what this host computed from its own end of the channel
+// (never a value the peer sent).
+func (t *TPM) AttestBound(ctx context.Context, ch *Challenge, hostID string, ephemeralPub, binding []byte, pcrs []int, log *Log) (*Evidence, error) {
+	if len(ch.Nonce) != nonceSize || len(ch.MigrationID) > maxIDLen || len(binding) > MaxChannelBinding {
 		return nil, errors.New("attest: malformed challenge")
 	}
 	pcrs = sortedPCRs(pcrs)
@@ -112,8 +141,9 @@ func (t *TPM) Attest(ctx context.Context, ch *Challenge, hostID string, ephemera
 	ev := &Evidence{
 		Version: evidenceVersion, HostID: hostID, MigrationID: ch.MigrationID,
 		Nonce: ch.Nonce, EphemeralPub: ephemeralPub, PCRs: pcrs, Log: logBytes,
+		ChannelBinding: bytes.Clone(binding),
 	}
-	extra := QuoteExtraData(ch.Nonce, ch.MigrationID, hostID, ephemeralPub)
+	extra := QuoteExtraDataBound(ch.Nonce, ch.MigrationID, hostID, ephemeralPub, binding)
 	err = t.do(ctx, func(tr transportTPM) error {
 		ak, _, done, err := akHandle(tr)
 		if err != nil {
@@ -204,6 +234,9 @@ type Expect struct {
 	MigrationID string
 	// EphemeralPub, if set, is the receiving key the evidence must bind.
 	EphemeralPub []byte
+	// ChannelBinding, if set, is the verifier's own end of the secure
+	// channel the evidence must have been made for.
+	ChannelBinding []byte
 }
 
 // Result is a successful verification.
@@ -256,7 +289,8 @@ func (v *Verifier) Verify(ev *Evidence, want Expect, pol *Policy) (*Result, erro
 	}
 	if len(ev.Nonce) != nonceSize || len(ev.HostID) > maxIDLen || len(ev.MigrationID) > maxIDLen ||
 		len(ev.EphemeralPub) > 133 || len(ev.Quoted) > 1024 || len(ev.SigR) > 32 || len(ev.SigS) > 32 ||
-		len(ev.PCRs) > 24 || len(ev.PCRValues) != len(ev.PCRs) || len(ev.BootLog) > maxBootLog {
+		len(ev.PCRs) > 24 || len(ev.PCRValues) != len(ev.PCRs) || len(ev.BootLog) > maxBootLog ||
+		len(ev.ChannelBinding) > MaxChannelBinding {
 		return nil, reject(errEvidenceFields, "sizes out of range")
 	}
 	// Single use: consume the nonce before anything else can fail.
@@ -276,6 +310,9 @@ func (v *Verifier) Verify(ev *Evidence, want Expect, pol *Policy) (*Result, erro
 	}
 	if want.EphemeralPub != nil && !equalBytes(want.EphemeralPub, ev.EphemeralPub) {
 		return nil, reject(ErrBinding, "ephemeral key")
+	}
+	if want.ChannelBinding != nil && !equalBytes(want.ChannelBinding, ev.ChannelBinding) {
+		return nil, reject(ErrBinding, "channel binding: the quote was made for another secure channel")
 	}
 	if !enrolled {
 		return nil, reject(ErrNotEnrolled, "%q", ev.HostID)
@@ -307,7 +344,7 @@ func (v *Verifier) Verify(ev *Evidence, want Expect, pol *Policy) (*Result, erro
 	if att.Magic != tpm2.TPMGeneratedValue || att.Type != tpm2.TPMSTAttestQuote {
 		return nil, reject(errEvidenceFields, "not a TPM-generated quote")
 	}
-	extra := QuoteExtraData(ev.Nonce, ev.MigrationID, ev.HostID, ev.EphemeralPub)
+	extra := QuoteExtraDataBound(ev.Nonce, ev.MigrationID, ev.HostID, ev.EphemeralPub, ev.ChannelBinding)
 	if !equalBytes(att.ExtraData.Buffer, extra) {
 		return nil, reject(ErrBinding, "extra data")
 	}

@@ -477,3 +477,65 @@ func TestEnrollmentFailsClosed(t *testing.T) {
 		})
 	})
 }
+
+// TestChannelBinding: a quote bound to one secure channel verifies only
+// for that channel, and its binding cannot be swapped or removed.
+func TestChannelBinding(t *testing.T) {
+	h := newHost(t, openSim(t))
+	sessA := bytes.Repeat([]byte{0xa}, 32)
+	sessB := bytes.Repeat([]byte{0xb}, 32)
+	bound := func(t *testing.T) *Evidence {
+		ch, err := h.v.Challenge(migID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ev, err := h.tp.AttestBound(context.Background(), ch, h.id.HostID, h.eph.PublicKey().Bytes(), sessA, []int{h.log.PCR}, h.log)
+		if err != nil {
+			t.Fatalf("attest: %v", err)
+		}
+		return ev
+	}
+	expect := func(b []byte) Expect {
+		return Expect{MigrationID: migID, EphemeralPub: h.eph.PublicKey().Bytes(), ChannelBinding: b}
+	}
+	for _, tc := range []struct {
+		name    string
+		want    []byte
+		tamper  func(ev *Evidence)
+		wantErr error
+	}{
+		{name: "same channel", want: sessA},
+		{name: "another channel", want: sessB, wantErr: ErrBinding},
+		{name: "binding swapped in evidence", want: sessB, tamper: func(ev *Evidence) { ev.ChannelBinding = sessB }, wantErr: ErrBinding},
+		{name: "binding removed", want: nil, tamper: func(ev *Evidence) { ev.ChannelBinding = nil }, wantErr: ErrBinding},
+		{name: "oversized binding", want: sessA, tamper: func(ev *Evidence) { ev.ChannelBinding = make([]byte, MaxChannelBinding+1) }, wantErr: ErrEvidence},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ev := bound(t)
+			if tc.tamper != nil {
+				tc.tamper(ev)
+			}
+			res, err := h.v.Verify(ev, expect(tc.want), h.policy)
+			if tc.wantErr == nil {
+				if err != nil {
+					t.Fatalf("verify: %v", err)
+				}
+				if res.HostID != h.id.HostID {
+					t.Fatalf("host %q", res.HostID)
+				}
+				return
+			}
+			if !errors.Is(err, tc.wantErr) {
+				t.Fatalf("verify: got %v, want %v", err, tc.wantErr)
+			}
+		})
+	}
+	// Unbound extra data is unchanged by the new function.
+	n := bytes.Repeat([]byte{1}, 32)
+	if !bytes.Equal(QuoteExtraData(n, "m", "h", nil), QuoteExtraDataBound(n, "m", "h", nil, nil)) {
+		t.Fatal("QuoteExtraDataBound without a binding differs from QuoteExtraData")
+	}
+	if bytes.Equal(QuoteExtraDataBound(n, "m", "h", nil, sessA), QuoteExtraDataBound(n, "m", "h", nil, sessB)) {
+		t.Fatal("two bindings give the same extra data")
+	}
+}

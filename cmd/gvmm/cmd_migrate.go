@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -10,6 +11,8 @@ import (
 	"time"
 
 	"github.com/gvmm/gvmm/api"
+	"github.com/gvmm/gvmm/policy"
+	"github.com/gvmm/gvmm/tpm"
 	"github.com/gvmm/gvmm/vmm"
 )
 
@@ -42,46 +45,98 @@ func snapshotCmd(ctx context.Context, e *env, args []string) error {
 	return nil
 }
 
-const migrateSynopsis = `--api-socket PATH --to HOST:PORT --key FILE [--connections N] [--downtime MS] [--timeout SECONDS]
+const migrateSynopsis = `--api-socket PATH --to HOST:PORT --state DIR --tpm URI --request FILE [flags]
+       gvmm migrate --api-socket PATH --to HOST:PORT --insecure-key FILE [flags]
 
 Live-migrates the VM behind PATH to "gvmm receive --listen HOST:PORT" on
 another host, with pre-copy: memory is copied while the guest runs, then
 again what it dirtied, until what is left fits the downtime budget; then
 the guest is paused, the rest and the device and vCPU state are sent, and
-the destination resumes it. Everything is encrypted and authenticated with
-the 32-byte key in FILE (the same file on both hosts). On success the
-source gvmm exits with status 0; on any failure the source VM keeps
-running and this command says why.`
+the destination resumes it.
+
+Before the first page, the VM's gvmm authenticates the user's signed
+migrate request (gvmm policy request), checks the VM's policy in this
+host's sealed state (--state, unsealed with --tpm), opens mutual TLS to the
+destination, has it attest its TPM and gvmm, decides again with that, and
+releases a fresh migration key to the attested destination only. Each step
+is printed; a refusal says which rule refused and why, exits with status 3,
+and the source VM keeps running. Every decision is in DIR/audit.log.
+
+--insecure-key FILE skips all of that and uses a pre-shared 32-byte key
+(the same file on both hosts): for tests of the migration engine only.
+On success the source gvmm exits with status 0; on any failure the source
+VM keeps running and this command says why.`
 
 func migrateCmd(ctx context.Context, e *env, args []string) error {
 	fs := newFlagSet(e, "migrate", migrateSynopsis)
 	sock := fs.String("api-socket", "", "the VM's API socket `path` (required)")
 	to := fs.String("to", "", "destination `HOST:PORT` (required)")
-	key := fs.String("key", "", "pre-shared migration key `file` (32 bytes; required)")
+	state := fs.String("state", "", "this host's state `directory` (gvmm host init, gvmm policy init)")
+	tpmURI := fs.String("tpm", tpm.DefaultURI, "this host's TPM `URI` (as given to gvmm host init)")
+	request := fs.String("request", "", "the user's signed migrate request `file` (gvmm policy request -action migrate)")
+	retries := fs.Int("remediation-retries", 0, "`times` to try again when the destination is refused only for outdated measurements (it may be updating)")
+	retryDelay := fs.Duration("retry-delay", 2*time.Second, "`wait` between those tries")
+	key := fs.String("insecure-key", "", "INSECURE test mode: pre-shared 32-byte key `file`, no policy and no attestation")
 	conns := fs.Int("connections", 0, "parallel connections for page data (0: default)")
 	downtime := fs.Int("downtime", 0, "downtime budget in `milliseconds` (0: default)")
 	timeout := fs.Int("timeout", 0, "give up after this many `seconds` (0: default)")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
-	if *sock == "" || *to == "" || *key == "" {
-		return usageError("missing --api-socket PATH, --to HOST:PORT or --key FILE")
+	if *sock == "" || *to == "" {
+		return usageError("missing --api-socket PATH or --to HOST:PORT")
 	}
-	if *conns < 0 || *downtime < 0 || *timeout < 0 {
-		return usageError("--connections, --downtime and --timeout must not be negative")
+	if (*key == "") == (*request == "") {
+		return usageError("give --request FILE (with --state DIR and --tpm URI), or --insecure-key FILE for the insecure test mode")
 	}
-	keyPath, err := filepath.Abs(*key)
-	if err != nil {
-		return fmt.Errorf("migrate: %w", err)
+	if *conns < 0 || *downtime < 0 || *timeout < 0 || *retries < 0 || *retryDelay < 0 {
+		return usageError("--connections, --downtime, --timeout, --remediation-retries and --retry-delay must not be negative")
 	}
-	if _, err := os.Stat(keyPath); err != nil {
-		return fmt.Errorf("migrate: key file: %w", err)
+	req := api.MigrateRequest{To: *to, Connections: *conns, DowntimeMs: *downtime, TimeoutSec: *timeout}
+	if *key != "" {
+		keyPath, err := filepath.Abs(*key)
+		if err != nil {
+			return fmt.Errorf("migrate: %w", err)
+		}
+		if _, err := os.Stat(keyPath); err != nil {
+			return fmt.Errorf("migrate: key file: %w", err)
+		}
+		req.KeyFile = keyPath
+		fmt.Fprintln(e.stderr, "gvmm: WARNING: --insecure-key: no policy, no attestation, a pre-shared key")
+	} else {
+		if *state == "" {
+			return usageError("--request needs --state DIR (and --tpm URI)")
+		}
+		b, err := os.ReadFile(*request)
+		if err != nil {
+			return fmt.Errorf("migrate: request: %w", err)
+		}
+		if len(b) > policy.MaxDocumentSize {
+			return fmt.Errorf("migrate: request %s is larger than %d bytes", *request, policy.MaxDocumentSize)
+		}
+		// The VM process opens these: give it absolute paths.
+		dir, err := filepath.Abs(*state)
+		if err != nil {
+			return fmt.Errorf("migrate: %w", err)
+		}
+		req.Request, req.State, req.TPM = b, dir, *tpmURI
+		req.RemediationRetries, req.RetryDelayMs = *retries, int(retryDelay.Milliseconds())
 	}
 	bar := newProgressPrinter(e.stderr)
-	res, err := api.NewClient(*sock).Migrate(ctx, api.MigrateRequest{
-		To: *to, KeyFile: keyPath, Connections: *conns, DowntimeMs: *downtime, TimeoutSec: *timeout,
-	}, bar.update)
+	res, err := api.NewClient(*sock).Migrate(ctx, req, func(p api.Progress) {
+		if p.Step != "" {
+			bar.done()
+			fmt.Fprintf(e.stdout, "gate: %s\n", p.Step)
+			return
+		}
+		bar.update(p)
+	})
 	bar.done()
+	if errors.Is(err, api.ErrRefused) {
+		msg := strings.TrimPrefix(err.Error(), "migrate: "+api.ErrRefused.Error()+": ")
+		fmt.Fprintf(e.stdout, "gate: %s\n", msg)
+		return &exitError{code: 3, msg: "migration refused (the source VM keeps running)"}
+	}
 	if err != nil {
 		return fmt.Errorf("%w (the source VM keeps running)", err)
 	}
@@ -95,6 +150,10 @@ func printMigrateResult(w io.Writer, r api.MigrateResult) {
 		r.TotalMs, r.DowntimeMs, r.LastPassMs, r.StateMs, r.RestoreMs, r.ResumeMs)
 	fmt.Fprintf(w, "migrated: %s on the wire, %d pages sent (%d zero, %d compressed), %d passes, throttle up to %d%%\n",
 		vmm.FormatSize(r.WireBytes), r.PagesSent, r.ZeroPages, r.CompressedPages, r.Passes, r.MaxThrottle)
+	if h := r.Handshake; h != nil {
+		fmt.Fprintf(w, "migrated: handshake before the first page %.1f ms (authenticate %.1f, attest %.1f, decide %.1f, key release %.1f), destination %s at %s, %d attempt(s)\n",
+			h.TotalMs, h.AuthenticateMs, h.AttestMs, h.DecideMs, h.ReleaseMs, h.Destination, h.Trust, h.Attempts)
+	}
 }
 
 // progressPrinter shows migration progress: a bar redrawn in place on a
@@ -139,5 +198,6 @@ func (p *progressPrinter) update(pr api.Progress) {
 func (p *progressPrinter) done() {
 	if p.drawn {
 		fmt.Fprintln(p.w)
+		p.drawn = false
 	}
 }

@@ -45,6 +45,7 @@ func commands() []command {
 		{"enroll", "enroll a host with a verifier: challenge, activate (in the TPM), finish", enrollCmd},
 		{"attest", "measure gvmm and produce TPM evidence for a verifier's nonce", attestCmd},
 		{"verify", "check TPM evidence against golden values and an enrolled host", verifyCmd},
+		{"policy", "users, hosts, signed VM and host policies, the sealed policy state and audit log", policyCmd},
 	}
 }
 

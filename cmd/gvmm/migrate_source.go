@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"encoding/hex"
 	"errors"
@@ -12,7 +13,11 @@ import (
 	"time"
 
 	"github.com/gvmm/gvmm/api"
+	"github.com/gvmm/gvmm/memguard"
 	"github.com/gvmm/gvmm/migration"
+	"github.com/gvmm/gvmm/migration/gate"
+	"github.com/gvmm/gvmm/policy"
+	"github.com/gvmm/gvmm/tpm"
 	"github.com/gvmm/gvmm/vmm"
 )
 
@@ -51,11 +56,12 @@ func readKeyFile(path string) ([]byte, error) {
 
 // migrateOut runs a migration of m requested through the API. On success
 // the machine is handed over (gvmm run then exits 0); on failure it runs on.
+//
+// With a signed request it first runs the attestation-gated handshake
+// (migration/gate) in this process, so the migration key goes from the
+// gate to the stream in guarded memory and nowhere else. With a key file
+// it runs the INSECURE pre-shared key mode.
 func migrateOut(ctx context.Context, m *vmm.Machine, req api.MigrateRequest, progress func(api.Progress), log *slog.Logger) (api.MigrateResult, error) {
-	key, err := readKeyFile(req.KeyFile)
-	if err != nil {
-		return api.MigrateResult{}, err
-	}
 	n := req.Connections
 	if n == 0 {
 		n = defaultConnections
@@ -67,6 +73,20 @@ func migrateOut(ctx context.Context, m *vmm.Machine, req api.MigrateRequest, pro
 	if err != nil {
 		return api.MigrateResult{}, err
 	}
+	var (
+		key *memguard.Secret
+		hs  *api.Handshake
+	)
+	if req.KeyFile != "" {
+		log.Warn("migrating with a pre-shared key: INSECURE test mode, no policy and no attestation")
+		key, err = readKeySecret(req.KeyFile)
+	} else {
+		key, hs, err = gateOut(ctx, req, func(line string) { progress(api.Progress{Step: line}) }, log)
+	}
+	if err != nil {
+		return api.MigrateResult{}, err
+	}
+	defer key.Destroy()
 	conns, err := dialAll(ctx, req.To, n)
 	if err != nil {
 		return api.MigrateResult{}, err
@@ -83,7 +103,7 @@ func migrateOut(ctx context.Context, m *vmm.Machine, req api.MigrateRequest, pro
 			})
 		},
 	}
-	st, err := migration.Migrate(ctx, sourceMachine{m}, conns, key, opts)
+	st, err := migration.Migrate(ctx, sourceMachine{m}, conns, key.Bytes(), opts)
 	if err != nil {
 		return api.MigrateResult{}, err
 	}
@@ -100,7 +120,97 @@ func migrateOut(ctx context.Context, m *vmm.Machine, req api.MigrateRequest, pro
 		CompressedPages: st.CompressedPages,
 		Passes:          st.Passes,
 		MaxThrottle:     st.Throttle,
+		Handshake:       hs,
 	}, nil
+}
+
+// readKeySecret reads a pre-shared key file into guarded memory.
+func readKeySecret(path string) (*memguard.Secret, error) {
+	b, err := readKeyFile(path)
+	if err != nil {
+		return nil, err
+	}
+	defer clear(b)
+	s, err := memguard.NewSecret(len(b))
+	if err != nil {
+		return nil, fmt.Errorf("migration key: %w", err)
+	}
+	copy(s.Bytes(), b)
+	return s, nil
+}
+
+// gateOut opens this host's sealed state (a measured launch of this
+// process in its TPM), authenticates the signed request and runs the
+// handshake with the destination, again after a refusal for outdated
+// measurements if the request allows retries. It returns the released key.
+func gateOut(ctx context.Context, req api.MigrateRequest, step func(string), log *slog.Logger) (*memguard.Secret, *api.Handshake, error) {
+	signed, err := policy.ParseSigned(bytes.NewReader(req.Request))
+	if err != nil {
+		return nil, nil, fmt.Errorf("migrate request: %w", err)
+	}
+	cfg, err := tpm.ParseURI(req.TPM)
+	if err != nil {
+		return nil, nil, err
+	}
+	if err := checkStateTPM(cfg); err != nil {
+		return nil, nil, err
+	}
+	tp, err := tpm.Open(ctx, cfg, log)
+	if err != nil {
+		return nil, nil, err
+	}
+	defer tp.Close()
+	op, err := gate.OpenHost(ctx, tp, req.State, gate.OpenOptions{NeedState: true, Logger: log})
+	if err != nil {
+		return nil, nil, err
+	}
+	defer op.Host.Close()
+	src := &gate.Source{Host: op.Host, Report: step}
+	a, err := src.Authorize(signed)
+	if err != nil {
+		return nil, nil, err
+	}
+	delay := time.Duration(req.RetryDelayMs) * time.Millisecond
+	if delay <= 0 {
+		delay = 2 * time.Second
+	}
+	remediating := false
+	for attempt := 1; ; attempt++ {
+		out, err := a.Handshake(ctx, req.To)
+		if err == nil {
+			t := out.Timings
+			step(fmt.Sprintf("handshake %.1f ms (authenticate %.1f ms, attest %.1f ms, decide %.1f ms, key release %.1f ms)",
+				ms(t.Total), ms(t.Authenticate), ms(t.Attest), ms(t.Decide), ms(t.Release)))
+			return out.Key, &api.Handshake{
+				Rule: out.Final.Rule, Trust: out.Attestation.Trust.String(), Destination: out.Destination.Name,
+				AuthenticateMs: ms(t.Authenticate), AttestMs: ms(t.Attest), DecideMs: ms(t.Decide),
+				ReleaseMs: ms(t.Release), TotalMs: ms(t.Total), Attempts: attempt,
+			}, nil
+		}
+		var r *gate.RefusedError
+		if errors.As(err, &r) && !r.Remote && r.Decision.Remediation != nil {
+			rem := r.Decision.Remediation
+			var acc []string
+			for _, m := range rem.Acceptable {
+				acc = append(acc, fmt.Sprintf("%s (%s)", m.Version, m.Executable))
+			}
+			step(fmt.Sprintf("destination must update: have %s, acceptable: %s", rem.Have, strings.Join(acc, ", ")))
+			remediating = true
+		} else if !remediating || errors.As(err, &r) {
+			// Only a destination being remediated (refused for its
+			// measurements, now updating and restarting) is tried again.
+			return nil, nil, err
+		}
+		if attempt > req.RemediationRetries {
+			return nil, nil, err
+		}
+		step(fmt.Sprintf("retrying in %s (attempt %d of %d)", delay, attempt+1, req.RemediationRetries+1))
+		select {
+		case <-ctx.Done():
+			return nil, nil, ctx.Err()
+		case <-time.After(delay):
+		}
+	}
 }
 
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
@@ -123,3 +233,13 @@ func dialAll(ctx context.Context, addr string, n int) ([]net.Conn, error) {
 }
 
 var errNoMachine = errors.New("no machine is running")
+
+// checkStateTPM refuses the random-seed simulator for a host state: it
+// forgets its keys with each process, so nothing sealed by another
+// process (gvmm host init) can be unsealed with it.
+func checkStateTPM(cfg tpm.Config) error {
+	if cfg.Kind == tpm.KindSimulator && !cfg.Insecure() {
+		return usageError("--tpm sim is a new random TPM in every process and cannot open a host state: give the URI the state was made with (sim?insecure-fixed-seed=N, swtpm+unix://..., device:///dev/tpmrm0)")
+	}
+	return nil
+}

@@ -134,9 +134,9 @@ func TestLiveMigration(t *testing.T) {
 	sum, _ := guestWorkload(t, src, off)
 
 	addr := freePort(t)
-	dst := startGvmm(t, env.bin, "receive", "--listen", addr, "--key", key, "--api-socket", dstSock)
+	dst := startGvmm(t, env.bin, "receive", "--listen", addr, "--insecure-key", key, "--api-socket", dstSock, "--disk", img)
 	waitListening(t, addr, dst)
-	out, code := gvmmCmd(t, env.bin, 5*time.Minute, "migrate", "--api-socket", srcSock, "--to", addr, "--key", key)
+	out, code := gvmmCmd(t, env.bin, 5*time.Minute, "migrate", "--api-socket", srcSock, "--to", addr, "--insecure-key", key)
 	if code != 0 {
 		t.Fatalf("gvmm migrate exited %d:\n%s\nsource stderr:\n%s\ndestination stderr:\n%s", code, out, src.errors(), dst.errors())
 	}
@@ -167,7 +167,7 @@ func TestMigrationFailureKeepsSource(t *testing.T) {
 	key := migrationKey(t)
 	src, off := bootVirtio(t, env, "--api-socket", sock)
 
-	out, code := gvmmCmd(t, env.bin, time.Minute, "migrate", "--api-socket", sock, "--to", freePort(t), "--key", key)
+	out, code := gvmmCmd(t, env.bin, time.Minute, "migrate", "--api-socket", sock, "--to", freePort(t), "--insecure-key", key)
 	if code == 0 || !strings.Contains(out, "keeps running") {
 		t.Fatalf("migration to nobody: exit %d, output %q", code, out)
 	}
@@ -178,9 +178,9 @@ func TestMigrationFailureKeepsSource(t *testing.T) {
 	}
 
 	addr := freePort(t)
-	dst := startGvmm(t, env.bin, "receive", "--listen", addr, "--key", migrationKey(t))
+	dst := startGvmm(t, env.bin, "receive", "--listen", addr, "--insecure-key", migrationKey(t))
 	waitListening(t, addr, dst)
-	out, code = gvmmCmd(t, env.bin, 5*time.Minute, "migrate", "--api-socket", sock, "--to", addr, "--key", key)
+	out, code = gvmmCmd(t, env.bin, 5*time.Minute, "migrate", "--api-socket", sock, "--to", addr, "--insecure-key", key)
 	if code == 0 {
 		t.Fatalf("migration with the wrong key succeeded:\n%s", out)
 	}

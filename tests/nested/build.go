@@ -33,11 +33,16 @@ func findGo(repo string) (goTool, error) {
 // run runs go with CGO_ENABLED=0, so that every binary is static and runs
 // in L1's and the guest's bare initramfs.
 func (g goTool) run(ctx context.Context, args ...string) (string, error) {
+	return g.runEnv(ctx, "CGO_ENABLED=0", args...)
+}
+
+// runEnv runs go with one environment setting (CGO_ENABLED=...).
+func (g goTool) runEnv(ctx context.Context, cgo string, args ...string) (string, error) {
 	ctx, cancel := context.WithTimeout(ctx, buildTimeout)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, g.bin, args...)
 	cmd.Dir = g.repo
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	cmd.Env = append(os.Environ(), cgo)
 	out, err := cmd.CombinedOutput()
 	if err != nil {
 		if ctx.Err() != nil {
@@ -49,7 +54,21 @@ func (g goTool) run(ctx context.Context, args ...string) (string, error) {
 }
 
 // build compiles the main package pkg into out.
+//
+// gvmm itself is built with cgo and linked statically when the host can
+// (libcrypto.a, from libssl-dev): its embedded TPM simulator (--tpm
+// sim?insecure-fixed-seed=N, one TPM per host in the migration scenario)
+// is cgo, and L1's initramfs has no shared libraries. Without that it is
+// built without cgo, and the simulator is unavailable in L1.
 func (g goTool) build(ctx context.Context, out, pkg string) error {
+	if pkg == "./cmd/gvmm" {
+		_, err := g.runEnv(ctx, "CGO_ENABLED=1", "build", "-tags", "netgo,osusergo",
+			"-ldflags", `-linkmode external -extldflags "-static"`, "-o", out, pkg)
+		if err == nil {
+			return nil
+		}
+		fmt.Fprintf(os.Stderr, "nested: gvmm without cgo (no TPM simulator in L1): the static cgo build failed: %v\n", err)
+	}
 	_, err := g.run(ctx, "build", "-o", out, pkg)
 	return err
 }
