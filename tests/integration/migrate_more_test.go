@@ -198,10 +198,10 @@ func TestLiveMigrationSMPNet(t *testing.T) {
 	sum, _ := guestWorkload(t, src, off)
 
 	addr := "127.0.0.1:7411"
-	dst := startGvmm(t, env.bin, "receive", "--listen", addr, "--key", key, "--api-socket", dstSock,
-		"--net", "tap=mdst0,bridge=br0,mac="+mac)
+	dst := startGvmm(t, env.bin, "receive", "--listen", addr, "--insecure-key", key, "--api-socket", dstSock,
+		"--disk", img, "--net", "tap=mdst0,bridge=br0,mac="+mac)
 	waitListening(t, addr, dst)
-	out, code := gvmmCmd(t, env.bin, 5*time.Minute, "migrate", "--api-socket", srcSock, "--to", addr, "--key", key)
+	out, code := gvmmCmd(t, env.bin, 5*time.Minute, "migrate", "--api-socket", srcSock, "--to", addr, "--insecure-key", key)
 	if code != 0 {
 		t.Fatalf("gvmm migrate exited %d:\n%s\nsource stderr:\n%s\ndestination stderr:\n%s", code, out, src.errors(), dst.errors())
 	}
@@ -362,7 +362,7 @@ func TestMigrationFaults(t *testing.T) {
 
 	receiver := func(name string, extra ...string) (*vm, string) {
 		addr := freePort(t)
-		args := append([]string{"receive", "--listen", addr, "--key", key, "--api-socket", filepath.Join(dir, name+".sock")}, extra...)
+		args := append([]string{"receive", "--listen", addr, "--insecure-key", key, "--api-socket", filepath.Join(dir, name+".sock")}, extra...)
 		v := startGvmm(t, env.bin, args...)
 		waitListening(t, addr, v)
 		return v, addr
@@ -370,7 +370,7 @@ func TestMigrationFaults(t *testing.T) {
 
 	t.Run("faster-than-link", func(t *testing.T) {
 		dst, addr := receiver("fast")
-		out, code := gvmmCmd(t, env.bin, 3*time.Minute, "migrate", "--api-socket", sock, "--to", addr, "--key", key,
+		out, code := gvmmCmd(t, env.bin, 3*time.Minute, "migrate", "--api-socket", sock, "--to", addr, "--insecure-key", key,
 			"--downtime", "1", "--timeout", "30")
 		if code == 0 {
 			m := throttleLine.FindStringSubmatch(out)
@@ -401,7 +401,7 @@ func TestMigrationFaults(t *testing.T) {
 	t.Run("dst-killed-mid-precopy", func(t *testing.T) {
 		dst, addr := receiver("precopy")
 		base := rssKiB(dst.cmd.Process.Pid)
-		_, done := migrateAsync(t, env.bin, "--api-socket", sock, "--to", addr, "--key", key,
+		_, done := migrateAsync(t, env.bin, "--api-socket", sock, "--to", addr, "--insecure-key", key,
 			"--downtime", "1", "--timeout", "300")
 		deadline := time.Now().Add(2 * time.Minute)
 		for rssKiB(dst.cmd.Process.Pid) < base+24<<10 {
@@ -435,7 +435,7 @@ func TestMigrationFaults(t *testing.T) {
 		// a second here) in one final pass. The progress line of pass 0
 		// comes just before the pause; the kill follows it by 100 ms.
 		dst, addr := receiver("switch")
-		out, done := migrateAsync(t, env.bin, "--api-socket", sock, "--to", addr, "--key", key,
+		out, done := migrateAsync(t, env.bin, "--api-socket", sock, "--to", addr, "--insecure-key", key,
 			"--downtime", "20000", "--timeout", "300")
 		deadline := time.Now().Add(3 * time.Minute)
 		for !strings.Contains(out.String(), "pass 0:") {

@@ -183,7 +183,7 @@ func (m *mig) run(ctx context.Context) benchfmt.MigResult {
 	if m.vmm == "gvmm" {
 		srcArgv = []string{m.c.gvmm, "run", "--api-socket", srcSock, "--kernel", m.c.kernel, "--initrd", m.c.initrd,
 			"--memory", m.c.mem, "--cpus", fmt.Sprint(m.c.cpus), "--cmdline", guestCmdline}
-		dstArgv = []string{m.c.gvmm, "receive", "--listen", addr, "--key", m.key, "--api-socket", dstSock}
+		dstArgv = []string{m.c.gvmm, "receive", "--listen", addr, "--insecure-key", m.key, "--api-socket", dstSock}
 	} else {
 		srcArgv = m.qemuArgv("-qmp", "unix:"+srcSock+",server=on,wait=off")
 		dstArgv = m.qemuArgv("-qmp", "unix:"+dstSock+",server=on,wait=off", "-incoming", "tcp:"+addr)
@@ -266,7 +266,7 @@ var gvmmWire = regexp.MustCompile(`migrated: ([\d.]+) ?(B|KiB|MiB|GiB)? on the w
 func (m *mig) gvmmMigrate(ctx context.Context, sock, addr string, r *benchfmt.MigResult) string {
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, m.c.gvmm, "migrate", "--api-socket", sock, "--to", addr, "--key", m.key)
+	cmd := exec.CommandContext(ctx, m.c.gvmm, "migrate", "--api-socket", sock, "--to", addr, "--insecure-key", m.key)
 	out, err := cmd.CombinedOutput()
 	for _, l := range strings.Split(strings.TrimSpace(string(out)), "\n") {
 		m.say("gvmm migrate: %s", l)
