@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 )
@@ -26,6 +27,7 @@ func demoMode(ctx context.Context, p *progress, args []string) error {
 	guestMem := fs.String("guest-mem", "512M", "guest memory (gvmm run --memory)")
 	guestCPUs := fs.Int("guest-cpus", 2, "guest vCPUs (gvmm run --cpus)")
 	extra := fs.String("append", "", "more guest kernel command line (e.g. quiet)")
+	story := fs.Bool("story", true, "after the boot, tell the personal-cloud story: policy- and attestation-gated migrations between hosts with their own TPMs ("+storyTest+" in "+storyPkg+")")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
@@ -51,6 +53,14 @@ func demoMode(ctx context.Context, p *progress, args []string) error {
 	if err != nil {
 		return err
 	}
+	var storyBin []testPkg
+	if *story {
+		p.say("building the story's test binary (%s)", storyPkg)
+		storyBin = h.tool.buildTests(ctx, p, []string{storyPkg}, h.work)
+		if len(storyBin) != 1 || storyBin[0].err != nil || storyBin[0].bin == "" {
+			return fmt.Errorf("build %s for the story: %v", storyPkg, storyBin)
+		}
+	}
 
 	interactive := isTerminal(os.Stdin) && isTerminal(os.Stdout)
 	cmdline := "console=ttyS0 panic=-1"
@@ -67,29 +77,32 @@ func demoMode(ctx context.Context, p *progress, args []string) error {
 		cmd := exec.Command(a[0], a[1:]...)
 		if interactive {
 			cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
-			return cmd.Run()
+			if err := cmd.Run(); err != nil {
+				return err
+			}
+		} else if err := directDemo(ctx, p, cmd, f); err != nil {
+			return err
 		}
-		parser := newConsoleParser()
-		parser.watchFor(guestUp)
-		out := stream(ctx, p, cmd, f.timeout, f.silence, nil, func(s string) bool {
-			parser.Line(s)
-			return true
-		})
-		switch {
-		case out.silent || out.timedOut:
-			return errors.New("gvmm run was killed (see above)")
-		case out.err != nil:
-			return fmt.Errorf("gvmm run: %w", out.err)
-		case !parser.sawLine(guestUp):
-			return fmt.Errorf("the guest never printed %q", guestUp)
+		p.say("demo: the guest reached userspace and powered off")
+		if len(storyBin) > 0 {
+			parser := newConsoleParser()
+			env := []string{"GVMM_REQUIRE_KVM=1", "GVMM_BIN=" + gvmmBin,
+				"GVMM_GUEST_KERNEL=" + gp.guest.kernel, "GVMM_GUEST_INITRD=" + gp.guest.initrd}
+			if why := runDirect(ctx, p, storyBin, env, storyTimeout, storyRun, f.timeout, parser); why != "" {
+				return errors.New(why)
+			}
+			if err := storyResult(parser); err != nil {
+				return err
+			}
 		}
-		p.say("demo done: the guest reached userspace and powered off")
+		p.say("demo done")
 		return nil
 	}
 
 	pl := l1Plan{
 		mode:     "demo",
 		demoArgs: demoArgs(l1GvmmBin, l1GuestKernel, l1GuestInitrd, *guestMem, *guestCPUs, cmdline),
+		tests:    storyBin, testRun: storyRun, testTimeout: storyTimeout,
 	}
 	if !interactive {
 		pl.heartbeat = 20 // only the non-interactive L1 has the second serial port
@@ -106,21 +119,70 @@ func demoMode(ctx context.Context, p *progress, args []string) error {
 	// Nested KVM under TCG sometimes loses a guest (a triple fault or an
 	// L1 that wedges) for reasons outside gvmm; test mode retries a failed
 	// test once in a fresh L1, and so does the demo, saying so.
-	err = h.demoInL1(ctx, c, f)
+	err = h.demoInL1(ctx, c, f, len(storyBin) > 0)
 	if err != nil {
 		p.say("demo failed: %v", err)
 		p.say("retrying once in a fresh L1 (nested KVM under TCG is not fully reliable)")
-		err = h.demoInL1(ctx, c, f)
+		err = h.demoInL1(ctx, c, f, len(storyBin) > 0)
 	}
 	if err != nil {
 		return err
 	}
 	p.say("demo done: the guest reached userspace inside L1 and powered off")
+	if len(storyBin) > 0 {
+		p.say("the story passed: every decision above is also in the hosts' audit logs")
+	}
+	return nil
+}
+
+// directDemo runs the non-interactive demo's gvmm on this host's /dev/kvm.
+func directDemo(ctx context.Context, p *progress, cmd *exec.Cmd, f l1Flags) error {
+	parser := newConsoleParser()
+	parser.watchFor(guestUp)
+	out := stream(ctx, p, cmd, f.timeout, f.silence, nil, func(s string) bool {
+		parser.Line(s)
+		return true
+	})
+	switch {
+	case out.silent || out.timedOut:
+		return errors.New("gvmm run was killed (see above)")
+	case out.err != nil:
+		return fmt.Errorf("gvmm run: %w", out.err)
+	case !parser.sawLine(guestUp):
+		return fmt.Errorf("the guest never printed %q", guestUp)
+	}
+	return nil
+}
+
+// The story of make demo: issue 6's scenario test, run with -test.v so
+// its STORY lines show.
+const (
+	storyPkg     = "./tests/integration"
+	storyTest    = "TestPersonalCloud"
+	storyRun     = "^" + storyTest + "$"
+	storyTimeout = 20 * time.Minute
+)
+
+// storyResult says whether the story's test ran and passed.
+func storyResult(parser *consoleParser) error {
+	r := parser.results[storyPkg]
+	switch {
+	case r == nil || !r.begun:
+		return errors.New("the story did not start")
+	case !r.ended:
+		return errors.New("the story did not finish")
+	case len(r.skipped) > 0:
+		return fmt.Errorf("the story was skipped: %v", r.skipped)
+	case r.rc != 0 || len(r.failed) > 0:
+		return fmt.Errorf("the story failed (%v, status %d)", r.failed, r.rc)
+	case !slices.Contains(r.passed, storyTest):
+		return fmt.Errorf("%s did not run (a binary without it passes vacuously)", storyTest)
+	}
 	return nil
 }
 
 // demoInL1 boots L1 once with the demo plan and says what went wrong.
-func (h *harness) demoInL1(ctx context.Context, c l1Config, f l1Flags) error {
+func (h *harness) demoInL1(ctx context.Context, c l1Config, f l1Flags, story bool) error {
 	parser, out := h.bootL1(ctx, c, f, func() *consoleParser {
 		pr := newConsoleParser()
 		pr.watchFor(guestUp)
@@ -138,6 +200,9 @@ func (h *harness) demoInL1(ctx context.Context, c l1Config, f l1Flags) error {
 		return fmt.Errorf("gvmm run exited with status %d in L1", parser.demoRC)
 	case !parser.sawLine(guestUp):
 		return fmt.Errorf("the guest never printed %q", guestUp)
+	}
+	if story {
+		return storyResult(parser)
 	}
 	return nil
 }

@@ -41,6 +41,7 @@ type pkgResult struct {
 	rc      int      // exit status of the test binary
 	skipped []string // tests that printed "--- SKIP: name"
 	failed  []string // tests that printed "--- FAIL: name"
+	passed  []string // tests that printed "--- PASS: name"
 	// running is the top-level test whose output is going by.
 	running string
 	// tripleFault holds the top-level tests in whose output gvmm reported
@@ -145,7 +146,7 @@ func (p *consoleParser) Line(line string) {
 	for _, kind := range []struct {
 		prefix string
 		list   *[]string
-	}{{"--- SKIP: ", &p.cur.skipped}, {"--- FAIL: ", &p.cur.failed}} {
+	}{{"--- SKIP: ", &p.cur.skipped}, {"--- FAIL: ", &p.cur.failed}, {"--- PASS: ", &p.cur.passed}} {
 		if rest, ok := strings.CutPrefix(t, kind.prefix); ok {
 			name, _, _ := strings.Cut(rest, " ")
 			*kind.list = append(*kind.list, name)
