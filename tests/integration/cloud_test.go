@@ -427,7 +427,7 @@ func TestPersonalCloud(t *testing.T) {
 	}
 	off2, oaddr := c.receive(office, filepath.Join(dir, "office.sock"), "--update-cmd", update)
 	req = c.request("Tom", "tom-desktop-office", "-action", "migrate", "-audience", c.ids["desktop"], "-vm", "tom-vm", "-destination", c.ids["office"])
-	out, code = c.migrate(desktop, filepath.Join(dir, "desktop.sock"), oaddr, req, "--remediation-retries", "3", "--retry-delay", "3s")
+	out, code = c.migrate(desktop, filepath.Join(dir, "desktop.sock"), oaddr, req, "--remediation-retries", "4", "--retry-delay", "5s")
 	if code != 0 {
 		t.Fatalf("migration to the office after remediation exited %d:\n%s\ndesktop stderr:\n%s\noffice stderr:\n%s", code, out, dst.errors(), off2.errors())
 	}
