@@ -18,7 +18,10 @@ type machineHolder struct {
 	m   *vmm.Machine
 	log *slog.Logger
 	// busy is set while a snapshot or migration runs: one at a time.
-	busy bool
+	// cancelOp ends it, and idle is closed when it has ended.
+	busy     bool
+	cancelOp context.CancelFunc
+	idle     chan struct{}
 }
 
 var _ api.Machine = (*machineHolder)(nil)
@@ -59,28 +62,50 @@ func (h *machineHolder) Resume() error {
 	return m.Resume()
 }
 
-// begin claims the machine for a snapshot or a migration.
-func (h *machineHolder) begin() (*vmm.Machine, error) {
+// begin claims the machine for a snapshot or a migration, under a
+// context that retire cancels.
+func (h *machineHolder) begin(ctx context.Context) (*vmm.Machine, context.Context, error) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if h.m == nil {
-		return nil, errNoMachine
+		return nil, nil, errNoMachine
 	}
 	if h.busy {
-		return nil, errors.New("a snapshot or migration is already in progress")
+		return nil, nil, errors.New("a snapshot or migration is already in progress")
 	}
 	h.busy = true
-	return h.m, nil
+	ctx, h.cancelOp = context.WithCancel(ctx)
+	h.idle = make(chan struct{})
+	return h.m, ctx, nil
 }
 
 func (h *machineHolder) end() {
 	h.mu.Lock()
 	h.busy = false
+	h.cancelOp()
+	close(h.idle)
 	h.mu.Unlock()
 }
 
+// retire takes the machine away from the API before it is closed: new
+// requests find none, and a snapshot or migration still running (the
+// guest powered off or died under it) is cancelled and waited for, so
+// that nothing reads guest memory after it is unmapped.
+func (h *machineHolder) retire() {
+	h.mu.Lock()
+	h.m = nil
+	busy, idle := h.busy, h.idle
+	if busy {
+		h.cancelOp()
+	}
+	h.mu.Unlock()
+	if busy {
+		<-idle
+	}
+}
+
 func (h *machineHolder) Snapshot(ctx context.Context, req api.SnapshotRequest) (api.SnapshotResult, error) {
-	m, err := h.begin()
+	m, ctx, err := h.begin(ctx)
 	if err != nil {
 		return api.SnapshotResult{}, err
 	}
@@ -89,7 +114,7 @@ func (h *machineHolder) Snapshot(ctx context.Context, req api.SnapshotRequest) (
 }
 
 func (h *machineHolder) Migrate(ctx context.Context, req api.MigrateRequest, progress func(api.Progress)) (api.MigrateResult, error) {
-	m, err := h.begin()
+	m, ctx, err := h.begin(ctx)
 	if err != nil {
 		return api.MigrateResult{}, err
 	}

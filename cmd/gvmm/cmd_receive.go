@@ -179,7 +179,7 @@ func receiveCmd(ctx context.Context, e *env, args []string) error {
 		}
 		return o.err
 	})
-	holder.set(nil)
+	holder.retire()
 	e.log.Debug("machine ended", "after", time.Since(start))
 	if err != nil {
 		return err

@@ -141,7 +141,7 @@ func runCmd(ctx context.Context, e *env, args []string) error {
 	holder.set(m)
 	start := time.Now()
 	reason, err := runMachine(ctx, m, con, incoming)
-	holder.set(nil)
+	holder.retire()
 	if *stats {
 		printStats(e.stderr, m, time.Since(start))
 	}
