@@ -13,6 +13,7 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
 )
 
 // lan is a small network of hosts for the multi-host tests: each host is a
@@ -87,7 +88,7 @@ func newLAN(t *testing.T, names ...string) *lan {
 		}
 		l.bridge.Close()
 	})
-	bh, err := netlink.NewHandleAt(br)
+	bh, err := netlink.NewHandleAt(br, unix.NETLINK_ROUTE)
 	if err != nil {
 		t.Fatalf("netlink in the bridge namespace: %v", err)
 	}
@@ -110,7 +111,7 @@ func newLAN(t *testing.T, names ...string) *lan {
 		if err := bh.LinkSetUp(veth); err != nil {
 			t.Fatalf("bring %s up: %v", port, err)
 		}
-		hh, err := netlink.NewHandleAt(h.ns)
+		hh, err := netlink.NewHandleAt(h.ns, unix.NETLINK_ROUTE)
 		if err != nil {
 			t.Fatalf("netlink in %s: %v", name, err)
 		}
