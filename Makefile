@@ -6,7 +6,7 @@ export PATH := $(PATH):/usr/local/go/bin
 # Packages whose compiled test binaries also run under (nested) KVM.
 KVM_TEST_PKGS := ./kvm ./vmm ./tests/integration
 
-.PHONY: all build test test-unit test-fuzz test-kvm demo bench generate vet fmt-check clean
+.PHONY: all deps build test test-unit test-fuzz test-kvm demo bench generate vet fmt-check clean
 
 # Fuzz targets that CI runs for a bounded time each (package:target).
 # Every Fuzz* function in the tree, as package:function.
@@ -22,7 +22,11 @@ build:
 
 # Unit tests (race detector), then the KVM integration tests: directly when
 # the host has /dev/kvm, otherwise inside the nested QEMU/TCG machine.
-test: fmt-check vet test-unit test-fuzz test-kvm
+test: deps fmt-check vet test-unit test-fuzz test-kvm
+
+# Debian packages the tests, the demo and the benchmarks need (.ci/apt-packages).
+deps:
+	bash .ci/install-deps
 
 test-unit:
 	$(GO) test -race -count=1 ./...
@@ -48,10 +52,10 @@ test-fuzz:
 test-kvm:
 	$(GO) run ./tests/nested test $(KVM_TEST_PKGS)
 
-demo:
+demo: deps
 	$(GO) run ./tests/nested demo
 
-bench:
+bench: deps
 	$(GO) run ./tests/nested bench
 
 generate:
