@@ -3,6 +3,7 @@ package tpm
 import (
 	"context"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -81,8 +82,11 @@ func TestSwtpmUnixSocket(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	// The socket file appears at bind, before swtpm listens: wait until
+	// a connection is accepted, not until the file exists.
 	for i := 0; i < 500; i++ {
-		if _, err := os.Stat(sock); err == nil {
+		if c, err := net.Dial("unix", sock); err == nil {
+			c.Close()
 			break
 		}
 		time.Sleep(10 * time.Millisecond)
