@@ -380,19 +380,7 @@ func TestPersonalCloud(t *testing.T) {
 	dst, daddr := c.receive(desktop, filepath.Join(dir, "desktop.sock"))
 	req := c.request("Tom", "tom-laptop-desktop", "-action", "migrate", "-audience", c.ids["laptop"], "-vm", "tom-vm", "-destination", c.ids["desktop"])
 	out, code := c.migrate(laptop, filepath.Join(dir, "laptop.sock"), daddr, req)
-	if code != 0 {
-		t.Fatalf("Tom's migration to his desktop exited %d:\n%s\nlaptop stderr:\n%s\ndesktop stderr:\n%s", code, out, src.errors(), dst.errors())
-	}
-	for _, want := range []string{"requester authenticated: Tom", "destination attested: desktop", "software-tpm", "key released", "handshake"} {
-		if !strings.Contains(out, want) {
-			t.Errorf("gvmm migrate output lacks %q", want)
-		}
-	}
-	if code := src.wait(exitTimeout); code != 0 {
-		t.Fatalf("the laptop's gvmm exited %d after the handover; stderr:\n%s", code, src.errors())
-	}
-	dst.send("\n")
-	_, doff := dst.waitFor(regexp.MustCompile(`guest# `), 0, bootTimeout)
+	doff := handedOver(t, out, code, src, dst, "requester authenticated: Tom", "destination attested: desktop", "software-tpm", "key released", "handshake")
 	doff = checkRAMAndCounter(t, dst, doff, sum)
 	story(t, "the VM runs on the desktop: its RAM and its background loop carried on")
 
@@ -428,20 +416,10 @@ func TestPersonalCloud(t *testing.T) {
 	off2, oaddr := c.receive(office, filepath.Join(dir, "office.sock"), "--update-cmd", update)
 	req = c.request("Tom", "tom-desktop-office", "-action", "migrate", "-audience", c.ids["desktop"], "-vm", "tom-vm", "-destination", c.ids["office"])
 	out, code = c.migrate(desktop, filepath.Join(dir, "desktop.sock"), oaddr, req, "--remediation-retries", "4", "--retry-delay", "5s")
-	if code != 0 {
-		t.Fatalf("migration to the office after remediation exited %d:\n%s\ndesktop stderr:\n%s\noffice stderr:\n%s", code, out, dst.errors(), off2.errors())
-	}
-	if !strings.Contains(out, "must update") {
-		t.Errorf("the first refusal did not say what to update:\n%s", out)
-	}
+	ooff := handedOver(t, out, code, dst, off2, "must update", "key released to office")
 	if got := fileSHA256(t, office.bin); got != fileSHA256(t, env.bin) {
 		t.Errorf("the office's gvmm was not updated")
 	}
-	if code := dst.wait(exitTimeout); code != 0 {
-		t.Fatalf("the desktop's gvmm exited %d after the handover; stderr:\n%s", code, dst.errors())
-	}
-	off2.send("\n")
-	_, ooff := off2.waitFor(regexp.MustCompile(`guest# `), 0, bootTimeout)
 	ooff = checkRAMAndCounter(t, off2, ooff, sum)
 	story(t, "the VM runs on the updated office host: its RAM and its background loop carried on")
 
@@ -455,25 +433,6 @@ func TestPersonalCloud(t *testing.T) {
 	story(t, "desktop's audit log:\n%s", da)
 	story(t, "office's audit log:\n%s", c.audit(office))
 	powerOff(t, off2)
-}
-
-// checkRAMAndCounter checks the guest's RAM file and that its counter moves.
-func checkRAMAndCounter(t *testing.T, v *vm, off int, sum string) int {
-	t.Helper()
-	got, off := v.ask(off, "md5sum /tmp/blob | cut -d' ' -f1")
-	if got != sum {
-		t.Fatalf("guest RAM file checksum %q, %q before", got, sum)
-	}
-	c1, off := v.ask(off, "cat /tmp/counter")
-	time.Sleep(time.Second)
-	c2, off := v.ask(off, "cat /tmp/counter")
-	var n1, n2 int
-	fmt.Sscan(c1, &n1)
-	fmt.Sscan(c2, &n2)
-	if n1 <= 0 || n2 <= n1 {
-		t.Fatalf("guest counter %q then %q: its background loop stopped", c1, c2)
-	}
-	return off
 }
 
 // stillRunning checks that the VM answers after a refused migration.

@@ -88,13 +88,19 @@ func guestWorkload(t *testing.T, v *vm, off int) (sum string, _ int) {
 // disk pattern and its counter all survived, and that the counter moves.
 func checkWorkload(t *testing.T, v *vm, off int, sum string) int {
 	t.Helper()
+	got, off := v.ask(off, "echo 3 >/proc/sys/vm/drop_caches; dd if=/dev/vda bs=512 skip=2048 count=1 2>/dev/null | head -c 22")
+	if got != "gvmm-migration-pattern" {
+		t.Fatalf("disk pattern after migration: %q", got)
+	}
+	return checkRAMAndCounter(t, v, off, sum)
+}
+
+// checkRAMAndCounter checks the guest's RAM file and that its counter moves.
+func checkRAMAndCounter(t *testing.T, v *vm, off int, sum string) int {
+	t.Helper()
 	got, off := v.ask(off, "md5sum /tmp/blob | cut -d' ' -f1")
 	if got != sum {
 		t.Fatalf("guest RAM file checksum %q after migration, %q before", got, sum)
-	}
-	got, off = v.ask(off, "echo 3 >/proc/sys/vm/drop_caches; dd if=/dev/vda bs=512 skip=2048 count=1 2>/dev/null | head -c 22")
-	if got != "gvmm-migration-pattern" {
-		t.Fatalf("disk pattern after migration: %q", got)
 	}
 	c1, off := v.ask(off, "cat /tmp/counter")
 	time.Sleep(time.Second)
@@ -105,6 +111,27 @@ func checkWorkload(t *testing.T, v *vm, off int, sum string) int {
 	if n1 <= 0 || n2 <= n1 {
 		t.Fatalf("guest counter %q then %q: the guest's background work did not carry on", c1, c2)
 	}
+	return off
+}
+
+// handedOver checks a migration that must have succeeded: gvmm migrate
+// exited 0 and printed each of wants, the source exited 0, and the
+// destination's shell answers; it returns the destination's console offset.
+func handedOver(t *testing.T, out string, code int, src, dst *vm, wants ...string) int {
+	t.Helper()
+	if code != 0 {
+		t.Fatalf("gvmm migrate exited %d:\n%s\nsource stderr:\n%s\ndestination stderr:\n%s", code, out, src.errors(), dst.errors())
+	}
+	for _, want := range wants {
+		if !strings.Contains(out, want) {
+			t.Errorf("gvmm migrate output lacks %q", want)
+		}
+	}
+	if c := src.wait(exitTimeout); c != 0 {
+		t.Fatalf("source gvmm exited %d after the handover, want 0; stderr:\n%s", c, src.errors())
+	}
+	dst.send("\n")
+	_, off := dst.waitFor(regexp.MustCompile(`guest# `), 0, bootTimeout)
 	return off
 }
 
@@ -137,19 +164,7 @@ func TestLiveMigration(t *testing.T) {
 	dst := startGvmm(t, env.bin, "receive", "--listen", addr, "--insecure-key", key, "--api-socket", dstSock, "--disk", img)
 	waitListening(t, addr, dst)
 	out, code := gvmmCmd(t, env.bin, 5*time.Minute, "migrate", "--api-socket", srcSock, "--to", addr, "--insecure-key", key)
-	if code != 0 {
-		t.Fatalf("gvmm migrate exited %d:\n%s\nsource stderr:\n%s\ndestination stderr:\n%s", code, out, src.errors(), dst.errors())
-	}
-	for _, want := range []string{"downtime", "passes", "pages sent"} {
-		if !strings.Contains(out, want) {
-			t.Errorf("gvmm migrate output lacks %q", want)
-		}
-	}
-	if c := src.wait(exitTimeout); c != 0 {
-		t.Fatalf("source gvmm exited %d after the handover, want 0; stderr:\n%s", c, src.errors())
-	}
-	dst.send("\n")
-	_, doff := dst.waitFor(regexp.MustCompile(`guest# `), 0, bootTimeout)
+	doff := handedOver(t, out, code, src, dst, "downtime", "passes", "pages sent")
 	doff = checkWorkload(t, dst, doff, sum)
 	if got, _ := dst.ask(doff, "nproc"); got != "1" {
 		t.Fatalf("nproc on the destination: %q", got)
