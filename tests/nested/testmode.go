@@ -83,12 +83,7 @@ func testMode(ctx context.Context, p *progress, args []string) error {
 		c := l1Config{kernel: gp.deb.vmlinuz(), initrd: l1, memMiB: f.memMiB, cpus: f.cpus}
 		var out streamOutcome
 		parser, out = h.bootL1(ctx, c, f, newConsoleParser)
-		if l1Problem(out, f) == "" && !parser.done && parser.panic != "" {
-			// The L1 kernel itself died (seen twice, in a gvmm thread:
-			// the nested instability again). Once more, out loud.
-			p.say("RETRY: L1's kernel panicked (%s); booting L1 once more", parser.panic)
-			parser, out = h.bootL1(ctx, c, f, newConsoleParser)
-		}
+		parser, out = h.resumeAfterPanics(ctx, p, parser, out, pl, gp, gvmmBin, f)
 		if why := l1Problem(out, f); why != "" {
 			problems = append(problems, why)
 		} else {
