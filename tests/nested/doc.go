@@ -32,6 +32,13 @@
 // printing, do not count as output) means such a wedge: the harness kills QEMU, says so, and retries the whole
 // L1 run once.
 //
+// L1's kernel itself sometimes panics under TCG's emulated SVM (a host
+// interrupt taken right after VMRUN, with the guest's GS loaded). Then a
+// fresh L1 runs only the tests that had not finished, as the test binaries
+// list them, up to three times (resume.go); and every test that failed gets
+// one rerun in a fresh L1 (retryFailures), said out loud with whether its
+// output showed a known nested instability.
+//
 // GVMM_NESTED=force takes the nested path even with /dev/kvm (to test the
 // harness itself); GVMM_NESTED=off runs directly even without it.
 //
