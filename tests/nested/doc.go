@@ -35,7 +35,7 @@
 // L1's kernel itself sometimes panics under TCG's emulated SVM (a host
 // interrupt taken right after VMRUN, with the guest's GS loaded). Then a
 // fresh L1 runs only the tests that had not finished, as the test binaries
-// list them, up to three times (resume.go); and every test that failed gets
+// list them, up to five times (resume.go); and every test that failed gets
 // one rerun in a fresh L1 (retryFailures), said out loud with whether its
 // output showed a known nested instability.
 //

@@ -12,7 +12,7 @@ import (
 
 // maxPanicResumes bounds how often a test run goes on in a fresh L1
 // after L1's own kernel panicked.
-const maxPanicResumes = 3
+const maxPanicResumes = 5
 
 // resumeAfterPanics goes on with a test run whose L1 kernel panicked
 // before it finished. Under TCG, L1 sometimes takes a host interrupt in the
