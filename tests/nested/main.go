@@ -240,11 +240,7 @@ func (h *harness) bootL1(ctx context.Context, c l1Config, f l1Flags, newParser f
 	for attempt := 1; attempt <= 2; attempt++ {
 		c.heartbeat = filepath.Join(h.work, fmt.Sprintf("l1-heartbeat-%d", attempt))
 		h.p.say("booting L1 (attempt %d of 2): qemu-system-x86_64 %s", attempt, strings.Join(c.args(), " "))
-		parser = newParser()
-		var t l1Timing
-		out, t = runL1(ctx, h.p, c, parser, f.timeout, f.silence)
-		h.p.say("L1 timing: userspace after %s, /dev/kvm after %s, whole run %s",
-			fmtDur(t.up), fmtDur(t.kvm), fmtDur(t.total))
+		parser, out = h.bootL1Once(ctx, c, f, newParser)
 		if !out.silent || ctx.Err() != nil {
 			break
 		}
@@ -252,6 +248,19 @@ func (h *harness) bootL1(ctx context.Context, c l1Config, f l1Flags, newParser f
 			h.p.say("L1 printed nothing for %v: this is the known rare wedge of nested SVM under TCG (see doc.go). Retrying the whole L1 run once; a second wedge counts as a failure.", f.silence)
 		}
 	}
+	return parser, out
+}
+
+// bootL1Once boots L1 once, with no retry of its own (test mode resumes
+// instead: resume.go).
+func (h *harness) bootL1Once(ctx context.Context, c l1Config, f l1Flags, newParser func() *consoleParser) (*consoleParser, streamOutcome) {
+	if c.heartbeat == "" { // every boot its own heartbeat file
+		c.heartbeat = filepath.Join(h.work, fmt.Sprintf("l1-heartbeat-%d", time.Now().UnixNano()))
+	}
+	parser := newParser()
+	out, t := runL1(ctx, h.p, c, parser, f.timeout, f.silence)
+	h.p.say("L1 timing: userspace after %s, /dev/kvm after %s, whole run %s",
+		fmtDur(t.up), fmtDur(t.kvm), fmtDur(t.total))
 	return parser, out
 }
 

@@ -82,7 +82,8 @@ func testMode(ctx context.Context, p *progress, args []string) error {
 		}
 		c := l1Config{kernel: gp.deb.vmlinuz(), initrd: l1, memMiB: f.memMiB, cpus: f.cpus}
 		var out streamOutcome
-		parser, out = h.bootL1(ctx, c, f, newConsoleParser)
+		p.say("booting L1: qemu-system-x86_64 %s", strings.Join(c.args(), " "))
+		parser, out = h.bootL1Once(ctx, c, f, newConsoleParser)
 		parser, out = h.resumeAfterPanics(ctx, p, parser, out, pl, gp, gvmmBin, f)
 		if why := l1Problem(out, f); why != "" {
 			problems = append(problems, why)
