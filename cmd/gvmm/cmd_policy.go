@@ -4,9 +4,7 @@ import (
 	"bufio"
 	"context"
 	"crypto/ed25519"
-	"crypto/x509"
 	"encoding/json"
-	"encoding/pem"
 	"errors"
 	"flag"
 	"fmt"
@@ -164,20 +162,7 @@ func policyHostKey(e *env, op *gate.Opened, args []string) error {
 	// Checked alone (its owner is checked when the directory is made).
 	check := p
 	check.Owner = ""
-	if _, err := policy.NewDirectory([]policy.Principal{check}); err != nil {
-		return err
-	}
-	b, err := json.Marshal(p)
-	if err != nil {
-		return err
-	}
-	if err := writeOut(e, *out, b); err != nil {
-		return err
-	}
-	if *out != "" {
-		fmt.Fprintln(e.stdout, p.ID())
-	}
-	return nil
+	return emitPrincipal(e, *out, p, check)
 }
 
 // readUserKey reads an ed25519 private key (PKCS#8 PEM, gvmm policy keygen).
@@ -186,19 +171,27 @@ func readUserKey(path string) (ed25519.PrivateKey, error) {
 	if err != nil {
 		return nil, fmt.Errorf("read key: %w", err)
 	}
-	blk, _ := pem.Decode(b)
-	if blk == nil || blk.Type != "PRIVATE KEY" {
-		return nil, fmt.Errorf("read key %s: not a PEM private key", path)
+	return cli.ParseKey(path, b)
+}
+
+// emitPrincipal checks a directory entry on its own (check: p as it can
+// be checked without the rest of the directory), writes it to out (or
+// stdout) and, with out, prints its key id.
+func emitPrincipal(e *env, out string, p, check policy.Principal) error {
+	if _, err := policy.NewDirectory([]policy.Principal{check}); err != nil {
+		return err
 	}
-	k, err := x509.ParsePKCS8PrivateKey(blk.Bytes)
+	b, err := json.Marshal(p)
 	if err != nil {
-		return nil, fmt.Errorf("read key %s: %w", path, err)
+		return err
 	}
-	ek, ok := k.(ed25519.PrivateKey)
-	if !ok {
-		return nil, fmt.Errorf("read key %s: not ed25519", path)
+	if err := writeOut(e, out, b); err != nil {
+		return err
 	}
-	return ek, nil
+	if out != "" {
+		fmt.Fprintln(e.stdout, p.ID())
+	}
+	return nil
 }
 
 func policyPrincipal(e *env, args []string) error {
@@ -221,20 +214,7 @@ func policyPrincipal(e *env, args []string) error {
 	for _, r := range splitList(*roles) {
 		p.Roles = append(p.Roles, policy.Role(r))
 	}
-	if _, err := policy.NewDirectory([]policy.Principal{p}); err != nil {
-		return err
-	}
-	b, err := json.Marshal(p)
-	if err != nil {
-		return err
-	}
-	if err := writeOut(e, *out, b); err != nil {
-		return err
-	}
-	if *out != "" {
-		fmt.Fprintln(e.stdout, p.ID())
-	}
-	return nil
+	return emitPrincipal(e, *out, p, p)
 }
 
 func policyID(e *env, args []string) error {

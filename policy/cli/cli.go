@@ -153,17 +153,23 @@ func (c *cmd) loadKey(path string) (ed25519.PrivateKey, error) {
 	if err != nil {
 		return nil, err
 	}
+	return ParseKey(path, b)
+}
+
+// ParseKey parses a user's ed25519 private key as gvmm policy keygen
+// writes it (PKCS#8 PEM); name is for errors.
+func ParseKey(name string, b []byte) (ed25519.PrivateKey, error) {
 	blk, _ := pem.Decode(b)
 	if blk == nil || blk.Type != "PRIVATE KEY" {
-		return nil, fmt.Errorf("key %s: %w: not a PEM private key", path, policy.ErrInvalid)
+		return nil, fmt.Errorf("key %s: %w: not a PEM private key", name, policy.ErrInvalid)
 	}
 	k, err := x509.ParsePKCS8PrivateKey(blk.Bytes)
 	if err != nil {
-		return nil, fmt.Errorf("key %s: %w", path, err)
+		return nil, fmt.Errorf("key %s: %w", name, err)
 	}
 	ek, ok := k.(ed25519.PrivateKey)
 	if !ok {
-		return nil, fmt.Errorf("key %s: %w: not ed25519", path, policy.ErrInvalid)
+		return nil, fmt.Errorf("key %s: %w: not ed25519", name, policy.ErrInvalid)
 	}
 	return ek, nil
 }
