@@ -49,7 +49,7 @@
 //
 // # Protocol (one TLS connection, then the data connections)
 //
-// Every message is a frame: 4-byte big-endian length (at most 1 MiB)
+// Every message is a frame: 4-byte big-endian length (at most 2 MiB: maxFrame)
 // then one JSON object {"type": ..., ...}; unknown fields are refused.
 //
 //	S→D hello    {version:1, migration_id, vm, vm_policy (policy.VMPolicyDoc),
