@@ -410,6 +410,9 @@ func (m *migrator) switchover(ctx context.Context, maps [][]uint64) error {
 	t5 := m.now()
 	m.stats.AckWait = t5.Sub(t4)
 	m.stats.Downtime = t5.Sub(tp)
+	m.log.Debug("switchover timing", "pause", m.stats.Pause, "final_pass", m.stats.FinalPass,
+		"final_pages", m.stats.FinalDirty, "state_save", m.stats.StateSave, "state_send", m.stats.StateSend,
+		"ack_wait", m.stats.AckWait)
 	// The migration succeeded: cleanup errors are only logged, and the
 	// source stays paused for the caller to stop.
 	m.src.Throttle(0)

@@ -99,6 +99,9 @@ func receive(ctx context.Context, r *stream.Receiver, ack net.Conn, rm *regionMe
 	if err := r.Acknowledge(ctx, ack); err != nil {
 		return Result{}, fmt.Errorf("receive migration: %w", err)
 	}
+	if opts.Logger != nil {
+		opts.Logger.Debug("receive timing", "transfer", t1.Sub(start), "restore", t2.Sub(t1), "ack", now(clock).Sub(t2))
+	}
 	return Result{
 		Components: comps, CPU: rm.cpu, Stream: res.Stats,
 		Transfer: t1.Sub(start), Restore: t2.Sub(t1), Total: now(clock).Sub(start),

@@ -622,6 +622,7 @@ func (m *Machine) Resume() error {
 		m.pauseWanted = false
 		m.pausePending.Store(false)
 		close(m.resumeCh)
+		m.log.Debug("resume timing: vCPUs released")
 	}
 	m.pauseMu.Unlock()
 	return nil

@@ -9,6 +9,7 @@ import (
 	stdnet "net"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/gvmm/gvmm/kvm"
 	"github.com/gvmm/gvmm/virtio"
@@ -235,10 +236,12 @@ func (m *Machine) SaveState(ctx context.Context) ([]StateComponent, error) {
 	if err := add("machine", m.desc); err != nil {
 		return nil, err
 	}
+	t0 := time.Now()
 	vcpus, err := m.SaveVCPUs(ctx)
 	if err != nil {
 		return nil, err
 	}
+	t1 := time.Now()
 	for i := range vcpus {
 		if err := add(fmt.Sprintf("vcpu/%d", vcpus[i].ID), &vcpus[i]); err != nil {
 			return nil, err
@@ -256,6 +259,7 @@ func (m *Machine) SaveState(ctx context.Context) ([]StateComponent, error) {
 			return nil, err
 		}
 	}
+	t2 := time.Now()
 	vm, err := m.SaveVM()
 	if err != nil {
 		return nil, fmt.Errorf("save VM state: %w", err)
@@ -263,6 +267,7 @@ func (m *Machine) SaveState(ctx context.Context) ([]StateComponent, error) {
 	if err := add("kvm/vm", vm); err != nil {
 		return nil, err
 	}
+	m.log.Debug("save timing", "vcpus", t1.Sub(t0), "devices", t2.Sub(t1), "vm", time.Since(t2))
 	return out, nil
 }
 
@@ -341,12 +346,15 @@ func (m *Machine) RestoreState(ctx context.Context, comps []StateComponent, opts
 	} else {
 		vm.Clock.Flags = 0
 	}
+	t0 := time.Now()
 	if err := m.RestoreVM(&vm); err != nil {
 		return fmt.Errorf("restore VM state: %w", err)
 	}
+	t1 := time.Now()
 	if err := m.RestoreVCPUs(ctx, vcpus); err != nil {
 		return err
 	}
+	t2 := time.Now()
 	m.guestCPUID = vcpus[0].CPUID
 	if err := m.serial.restore(ser); err != nil {
 		return fmt.Errorf("restore: %w", err)
@@ -356,6 +364,7 @@ func (m *Machine) RestoreState(ctx context.Context, comps []StateComponent, opts
 			return fmt.Errorf("restore %s: %w", d.name, err)
 		}
 	}
+	m.log.Debug("restore timing", "vm", t1.Sub(t0), "vcpus", t2.Sub(t1), "devices", time.Since(t2))
 	return nil
 }
 

@@ -58,6 +58,7 @@ type config struct {
 	cpus           int
 	kernel, initrd string
 	gvmm, qemu     string
+	compress       string
 	qemuData       string
 	qemuLib        string
 	dir            string
@@ -76,6 +77,7 @@ func main() {
 	fs.StringVar(&c.kernel, "kernel", "", "guest kernel (bzImage)")
 	fs.StringVar(&c.initrd, "initrd", "", "guest initramfs (tests/guest, with the agent)")
 	fs.StringVar(&c.gvmm, "gvmm", "gvmm", "gvmm binary")
+	fs.StringVar(&c.compress, "gvmm-compress", "auto", "gvmm migrate --compress: auto, off or always")
 	fs.StringVar(&c.qemu, "qemu", "qemu-system-x86_64", "QEMU binary")
 	fs.StringVar(&c.qemuData, "qemu-data", "", "QEMU firmware folder (-L); empty: QEMU's own")
 	fs.StringVar(&c.qemuLib, "qemu-lib", "", "LD_LIBRARY_PATH for QEMU; empty: none")
@@ -150,6 +152,11 @@ func (m *mig) env() []string {
 	env := os.Environ()
 	if m.vmm == "qemu" && m.c.qemuLib != "" {
 		env = append(env, "LD_LIBRARY_PATH="+m.c.qemuLib)
+	}
+	if m.vmm == "gvmm" {
+		// Debug logs carry the switchover's and the restore's timings,
+		// relayed above.
+		env = append(env, "GVMM_LOG=debug")
 	}
 	return env
 }
@@ -232,10 +239,11 @@ func (m *mig) run(ctx context.Context) benchfmt.MigResult {
 				return fmt.Sprintf("source gvmm after the handover: %v", err)
 			}
 		}
-		gap, clk, err := m.hb.gap()
+		gap, clk, where, err := m.hb.gap()
 		if err != nil {
 			return err.Error()
 		}
+		m.say("longest heartbeat gap %.1f ms (guest clock %.0f ms), %s", gap, clk, where)
 		r.GapMs, r.ClockGapMs = gap, clk
 		return ""
 	}()
@@ -266,7 +274,7 @@ var gvmmWire = regexp.MustCompile(`migrated: ([\d.]+) ?(B|KiB|MiB|GiB)? on the w
 func (m *mig) gvmmMigrate(ctx context.Context, sock, addr string, r *benchfmt.MigResult) string {
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, m.c.gvmm, "migrate", "--api-socket", sock, "--to", addr, "--insecure-key", m.key)
+	cmd := exec.CommandContext(ctx, m.c.gvmm, "migrate", "--api-socket", sock, "--to", addr, "--insecure-key", m.key, "--compress", m.c.compress)
 	out, err := cmd.CombinedOutput()
 	for _, l := range strings.Split(strings.TrimSpace(string(out)), "\n") {
 		m.say("gvmm migrate: %s", l)
@@ -467,25 +475,27 @@ func (b *beats) waitCount(ctx context.Context, from string, n int, timeout time.
 // order) from the mark on, and how far the guest clock moved across it.
 // The heartbeat must go on without a hole in its sequence (but for one
 // line cut in two at the switch of consoles).
-func (b *beats) gap() (gapMs, clockMs float64, _ error) {
+func (b *beats) gap() (gapMs, clockMs float64, where string, _ error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	s := b.all[b.since:]
 	if len(s) < 2 {
-		return 0, 0, errors.New("too few heartbeats across the migration")
+		return 0, 0, "", errors.New("too few heartbeats across the migration")
 	}
 	var best time.Duration
 	for i := 1; i < len(s); i++ {
 		// One beat may be lost where a line was cut in two by the
 		// switch from one console to the other.
 		if d := s[i].seq - s[i-1].seq; d != 1 && (d != 2 || s[i].from == s[i-1].from) {
-			return 0, 0, fmt.Errorf("heartbeat %d (%s) followed %d (%s): the guest restarted or lost output", s[i].seq, s[i].from, s[i-1].seq, s[i-1].from)
+			return 0, 0, "", fmt.Errorf("heartbeat %d (%s) followed %d (%s): the guest restarted or lost output", s[i].seq, s[i].from, s[i-1].seq, s[i-1].from)
 		}
 		if d := s[i].at.Sub(s[i-1].at); d > best {
 			best, clockMs = d, float64(s[i].mono-s[i-1].mono)
+			where = fmt.Sprintf("from %s beat %d at %s to %s beat %d at %s", s[i-1].from, s[i-1].seq,
+				s[i-1].at.Format("15:04:05.000"), s[i].from, s[i].seq, s[i].at.Format("15:04:05.000"))
 		}
 	}
-	return float64(best.Microseconds()) / 1000, clockMs, nil
+	return float64(best.Microseconds()) / 1000, clockMs, where, nil
 }
 
 // vm is one VMM process with its console.
@@ -569,6 +579,9 @@ func (v *vm) line(line string, at time.Time) {
 	if strings.Contains(line, "gvmm-hb ") {
 		v.m.hb.add(v.label, line, at)
 		return
+	}
+	if !v.m.c.verbose && (strings.Contains(line, " timing") || strings.Contains(line, "migration received")) {
+		fmt.Fprintf(v.m.w, "migbench: %s %d %s | %s\n", v.m.vmm, v.m.round, v.label, line)
 	}
 	select {
 	case v.lines <- line:

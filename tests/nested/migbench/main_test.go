@@ -4,6 +4,7 @@ import (
 	"context"
 	"io"
 	"regexp"
+	"strings"
 	"testing"
 	"time"
 )
@@ -29,12 +30,12 @@ func TestConsoleReader(t *testing.T) {
 	if err := m.hb.waitCount(context.Background(), "src", 3, 5*time.Second); err != nil {
 		t.Fatal(err)
 	}
-	gap, clk, err := m.hb.gap()
+	gap, clk, where, err := m.hb.gap()
 	if err != nil {
 		t.Fatal(err)
 	}
-	if gap < 40 || gap > 1000 || clk != 20 {
-		t.Errorf("gap %.1f ms, clock %v ms; want about 50 and 20", gap, clk)
+	if gap < 40 || gap > 1000 || clk != 20 || !strings.Contains(where, "from src beat 2") {
+		t.Errorf("gap %.1f ms, clock %v ms (%s); want about 50 and 20, after beat 2", gap, clk, where)
 	}
 }
 
@@ -44,7 +45,7 @@ func TestGapRefusesAHole(t *testing.T) {
 	now := time.Now()
 	b.add("src", "gvmm-hb 1 0 0", now)
 	b.add("dst", "gvmm-hb 4 60 60", now.Add(time.Second))
-	if _, _, err := b.gap(); err == nil {
+	if _, _, _, err := b.gap(); err == nil {
 		t.Fatal("a missing heartbeat went unnoticed")
 	}
 }
@@ -55,7 +56,7 @@ func TestGapForgivesOneCutLine(t *testing.T) {
 	now := time.Now()
 	b.add("src", "gvmm-hb 1 0 0", now)
 	b.add("dst", "gvmm-hb 3 40 40", now.Add(100*time.Millisecond))
-	if gap, _, err := b.gap(); err != nil || gap != 100 {
+	if gap, _, _, err := b.gap(); err != nil || gap != 100 {
 		t.Fatalf("gap %v, %v; want 100 ms", gap, err)
 	}
 }
