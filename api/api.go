@@ -73,6 +73,9 @@ type MigrateRequest struct {
 	DowntimeMs int `json:"downtime_ms,omitempty"`
 	// TimeoutSec bounds the whole migration (0: default).
 	TimeoutSec int `json:"timeout_seconds,omitempty"`
+	// Compress is the page compression policy: "auto" (the default when
+	// empty), "off" or "always".
+	Compress string `json:"compress,omitempty"`
 }
 
 // Progress is one progress report of a migration, sent as a JSON line.

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/gvmm/gvmm/api"
+	"github.com/gvmm/gvmm/migration/stream"
 	"github.com/gvmm/gvmm/policy"
 	"github.com/gvmm/gvmm/tpm"
 	"github.com/gvmm/gvmm/vmm"
@@ -80,6 +81,7 @@ func migrateCmd(ctx context.Context, e *env, args []string) error {
 	conns := fs.Int("connections", 0, "parallel connections for page data (0: default)")
 	downtime := fs.Int("downtime", 0, "downtime budget in `milliseconds` (0: default)")
 	timeout := fs.Int("timeout", 0, "give up after this many `seconds` (0: default)")
+	compress := fs.String("compress", "auto", "page compression: auto (where it saves time), off or always")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
@@ -92,7 +94,10 @@ func migrateCmd(ctx context.Context, e *env, args []string) error {
 	if *conns < 0 || *downtime < 0 || *timeout < 0 || *retries < 0 || *retryDelay < 0 {
 		return usageError("--connections, --downtime, --timeout, --remediation-retries and --retry-delay must not be negative")
 	}
-	req := api.MigrateRequest{To: *to, Connections: *conns, DowntimeMs: *downtime, TimeoutSec: *timeout}
+	if _, err := stream.ParseCompression(*compress); err != nil {
+		return usageError("--compress: %v", err)
+	}
+	req := api.MigrateRequest{To: *to, Connections: *conns, DowntimeMs: *downtime, TimeoutSec: *timeout, Compress: *compress}
 	if *key != "" {
 		keyPath, err := filepath.Abs(*key)
 		if err != nil {

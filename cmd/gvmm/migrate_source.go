@@ -16,6 +16,7 @@ import (
 	"github.com/gvmm/gvmm/memguard"
 	"github.com/gvmm/gvmm/migration"
 	"github.com/gvmm/gvmm/migration/gate"
+	"github.com/gvmm/gvmm/migration/stream"
 	"github.com/gvmm/gvmm/policy"
 	"github.com/gvmm/gvmm/tpm"
 	"github.com/gvmm/gvmm/vmm"
@@ -69,6 +70,10 @@ func migrateOut(ctx context.Context, m *vmm.Machine, req api.MigrateRequest, pro
 	if n < 1 || n > maxConnections {
 		return api.MigrateResult{}, fmt.Errorf("connections %d is outside 1..%d", n, maxConnections)
 	}
+	comp, err := stream.ParseCompression(req.Compress)
+	if err != nil {
+		return api.MigrateResult{}, err
+	}
 	info, err := m.MigrationInfo()
 	if err != nil {
 		return api.MigrateResult{}, err
@@ -95,6 +100,7 @@ func migrateOut(ctx context.Context, m *vmm.Machine, req api.MigrateRequest, pro
 		MaxDowntime: time.Duration(req.DowntimeMs) * time.Millisecond,
 		Timeout:     time.Duration(req.TimeoutSec) * time.Second,
 		CPU:         info,
+		Compression: comp,
 		Logger:      log.With("migration", req.To),
 		Progress: func(p migration.Progress) {
 			progress(api.Progress{

@@ -35,6 +35,19 @@ func (c Compression) String() string {
 	return fmt.Sprintf("compression-%d", int(c))
 }
 
+// ParseCompression reads a policy by its String name; "" is CompressAuto.
+func ParseCompression(s string) (Compression, error) {
+	switch s {
+	case "", "auto":
+		return CompressAuto, nil
+	case "off":
+		return CompressOff, nil
+	case "always":
+		return CompressAlways, nil
+	}
+	return 0, fmt.Errorf("compression %q: want auto, off or always", s)
+}
+
 // Policy constants of CompressAuto.
 const (
 	// policyWindow batches are judged together.

@@ -46,6 +46,7 @@ func benchMode(ctx context.Context, p *progress, args []string) error {
 	iof.register(fs)
 	migN := fs.Int("mig-n", 3, "live migrations with each VMM (idle guest over loopback); 0: none")
 	migVMMs := fs.String("mig-vmms", "gvmm,qemu", "comma-separated VMMs for the migration benchmark: gvmm, qemu (-M pc)")
+	migCompress := fs.String("mig-compress", "auto", "gvmm migrate --compress for the migration benchmark: auto, off or always")
 	verbose := fs.Bool("v", false, "relay every boot's console")
 	if err := parseFlags(fs, args); err != nil {
 		return err
@@ -123,7 +124,7 @@ func benchMode(ctx context.Context, p *progress, args []string) error {
 		"-mem", *guestMem, "-cpus", fmt.Sprint(*guestCPUs), "-vmms", iof.vmms,
 		"-boot-timeout", bootTimeout.String(), fmt.Sprintf("-v=%v", *verbose)}
 	migCommon := []string{"-n", fmt.Sprint(*migN), "-mem", *guestMem, "-cpus", fmt.Sprint(*guestCPUs),
-		"-vmms", *migVMMs, "-boot-timeout", bootTimeout.String(), fmt.Sprintf("-v=%v", *verbose)}
+		"-vmms", *migVMMs, "-gvmm-compress", *migCompress, "-boot-timeout", bootTimeout.String(), fmt.Sprintf("-v=%v", *verbose)}
 	report := func(parser *consoleParser) error {
 		var errs []string
 		if *n > 0 {
