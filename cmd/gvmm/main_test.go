@@ -89,6 +89,7 @@ func TestRunBadInput(t *testing.T) {
 		{"snapshot no such VM", []string{"snapshot", "--api-socket", filepath.Join(dir, "no.sock"), "--to", filepath.Join(dir, "s")}, "no.sock"},
 		{"migrate without key", []string{"migrate", "--api-socket", "s", "--to", "h:1"}, "--insecure-key"},
 		{"migrate negative connections", []string{"migrate", "--api-socket", "s", "--to", "h:1", "--insecure-key", key, "--connections", "-1"}, "negative"},
+		{"migrate unknown compression", []string{"migrate", "--api-socket", "s", "--to", "h:1", "--insecure-key", key, "--compress", "best"}, "want auto, off or always"},
 		{"migrate missing key file", []string{"migrate", "--api-socket", "s", "--to", "h:1", "--insecure-key", filepath.Join(dir, "nokey")}, "key file"},
 		{"receive without listen", []string{"receive", "--insecure-key", key}, "missing --listen"},
 		{"receive key readable by others", []string{"receive", "--listen", "127.0.0.1:0", "--insecure-key", keyOpen}, "readable by others"},
