@@ -213,6 +213,31 @@ func TestMigrateConverges(t *testing.T) {
 	}
 }
 
+// Once the dirty set fits the budget, another pass runs only while passes
+// keep halving it, it is above smallDirtyPages and fewer than refinePasses
+// have run for that.
+func TestSwitchNow(t *testing.T) {
+	for _, tc := range []struct {
+		name            string
+		dirty, lastSent uint64
+		refined         int
+		want            bool
+	}{
+		{"idle after the full pass", 3, 65536, 0, true},
+		{"few pages left", smallDirtyPages, 65536, 0, true},
+		{"halved: one more pass", 159, 65536, 0, false},
+		{"halved again", 70, 159, 1, false},
+		{"did not halve", 100, 159, 1, true},
+		{"refined enough", 500, 65536, refinePasses, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := switchNow(tc.dirty, tc.lastSent, tc.refined); got != tc.want {
+				t.Errorf("switchNow(%d, %d, %d) = %v, want %v", tc.dirty, tc.lastSent, tc.refined, got, tc.want)
+			}
+		})
+	}
+}
+
 func TestMigrateFails(t *testing.T) {
 	const mb = 1 << 20
 	errPause := errors.New("device would not quiesce")
