@@ -27,8 +27,13 @@ type StateComponent struct {
 }
 
 // stateVersion is the version of every component's encoding. A later
-// version keeps decoding this one.
-const stateVersion = 1
+// version keeps decoding the earlier ones (oldestStateVersion on). Version
+// 2 writes the LAPIC and irqchip register pages as base64 instead of
+// arrays of numbers (package kvm reads both).
+const (
+	stateVersion       = 2
+	oldestStateVersion = 1
+)
 
 // Size limits for decoding components: far above what a real machine
 // produces (a vCPU is about 40 KB of JSON), far below what could hurt.
@@ -65,8 +70,8 @@ func decodeComponent(c StateComponent, v any) error {
 	if err := strictJSON(c.Data, &env); err != nil {
 		return fmt.Errorf("state %s: %w", c.ID, err)
 	}
-	if env.V != stateVersion {
-		return fmt.Errorf("state %s: encoding version %d, this gvmm reads %d", c.ID, env.V, stateVersion)
+	if env.V < oldestStateVersion || env.V > stateVersion {
+		return fmt.Errorf("state %s: encoding version %d, this gvmm reads %d to %d", c.ID, env.V, oldestStateVersion, stateVersion)
 	}
 	if err := strictJSON(env.S, v); err != nil {
 		return fmt.Errorf("state %s: %w", c.ID, err)

@@ -82,7 +82,8 @@ func TestComponentCodec(t *testing.T) {
 		data []byte
 		want string
 	}{
-		{"other version", []byte(`{"v":2,"s":{"CPUs":1}}`), "version 2"},
+		{"later version", []byte(`{"v":3,"s":{"CPUs":1}}`), "version 3"},
+		{"version 0", []byte(`{"v":0,"s":{"CPUs":1}}`), "version 0"},
 		{"unknown field", []byte(`{"v":1,"s":{"CPUs":1,"Evil":1}}`), "unknown field"},
 		{"unknown envelope field", []byte(`{"v":1,"s":{},"x":1}`), "unknown field"},
 		{"trailing data", []byte(`{"v":1,"s":{}} {}`), "trailing"},
