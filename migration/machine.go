@@ -96,6 +96,16 @@ type Destination interface {
 	RestoreState(ctx context.Context, comps []Component) error
 }
 
+// ZeroedDestination is a Destination whose regions read as zero until
+// Receive writes them (fresh anonymous memory that nothing else wrote).
+// Receive then skips zeroing the pages it has not written, so an idle
+// guest's zero pages are never touched, hence never allocated, on the
+// destination host.
+type ZeroedDestination interface {
+	Destination
+	MemoryIsZero() bool
+}
+
 // Errors that name a broken contract of this package's interfaces or a
 // migration that could not finish.
 var (

@@ -22,6 +22,7 @@ type outcome struct {
 }
 
 type setup struct {
+	dest    Destination // instead of the fakeDest, when set
 	conns   int
 	opts    Options
 	ropts   ReceiveOptions
@@ -64,6 +65,9 @@ func migrate(t *testing.T, src *fakeSource, dst *fakeDest, s setup) outcome {
 		dctx, dcancel := context.WithTimeout(context.Background(), s.timeout)
 		defer dcancel()
 		var d Destination = dst
+		if s.dest != nil {
+			d = s.dest
+		}
 		if s.ropts.Prepare != nil {
 			d = nil
 		}
@@ -236,6 +240,88 @@ func TestSwitchNow(t *testing.T) {
 			}
 		})
 	}
+}
+
+// zeroedDest is a fakeDest that claims its memory started zero.
+type zeroedDest struct{ *fakeDest }
+
+func (zeroedDest) MemoryIsZero() bool { return true }
+
+// With a ZeroedDestination only pages the stream wrote are zeroed by a
+// zero run: a page it never wrote is left alone (the marker below shows
+// it, in memory that breaks the promise on purpose), one it wrote is
+// cleared.
+func TestReceiveZeroesOnlyWrittenPages(t *testing.T) {
+	const pages = 200
+	mem := make([]byte, pages*PageSize)
+	for i := range mem {
+		mem[i] = 0xa5
+	}
+	hi := make([]byte, 8*PageSize) // a second region, above a hole
+	dst := zeroedDest{&fakeDest{regions: []Region{{GPA: 0, Data: mem}, {GPA: 1 << 20, Data: hi}}}}
+	var rm regionMemory
+	if err := rm.setDest(dst); err != nil {
+		t.Fatal(err)
+	}
+	page := bytes.Repeat([]byte{7}, PageSize)
+	for _, p := range []uint64{3, 64, 130, 199} {
+		if err := rm.WritePage(p*PageSize, page); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := rm.WritePage(1<<20+2*PageSize, page); err != nil {
+		t.Fatal(err)
+	}
+	if err := rm.ZeroPages(0, pages); err != nil {
+		t.Fatal(err)
+	}
+	if err := rm.ZeroPages(1<<20, 8); err != nil {
+		t.Fatal(err)
+	}
+	for p := uint64(0); p < pages; p++ {
+		got := mem[p*PageSize : (p+1)*PageSize]
+		want := byte(0xa5) // never written: left alone
+		switch p {
+		case 3, 64, 130, 199:
+			want = 0
+		}
+		if !bytes.Equal(got, bytes.Repeat([]byte{want}, PageSize)) {
+			t.Fatalf("page %d holds %#x..., want all %#x", p, got[0], want)
+		}
+	}
+	if !bytes.Equal(hi, make([]byte, len(hi))) {
+		t.Fatal("the written page of the second region was not zeroed")
+	}
+	if err := rm.ZeroPages(pages*PageSize, 1); err == nil {
+		t.Fatal("a zero run outside every region was accepted")
+	}
+
+	// A destination that makes no such promise has every page zeroed.
+	for i := range mem {
+		mem[i] = 0xa5
+	}
+	var plain regionMemory
+	if err := plain.setDest(dst.fakeDest); err != nil {
+		t.Fatal(err)
+	}
+	if err := plain.ZeroPages(0, pages); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(mem, make([]byte, len(mem))) {
+		t.Fatal("a plain destination was not zeroed")
+	}
+}
+
+// A migration into a ZeroedDestination (fresh memory) ends with the
+// source's memory, zero pages included.
+func TestMigrateIntoZeroedMemory(t *testing.T) {
+	src := newFakeSource(t, 8<<20, 2000, 256, 5)
+	fd := newFakeDest(src)
+	for _, r := range fd.regions {
+		clear(r.Data)
+	}
+	o := migrate(t, src, fd, setup{conns: 2, dest: zeroedDest{fd}})
+	checkSuccess(t, src, fd, o)
 }
 
 func TestMigrateFails(t *testing.T) {

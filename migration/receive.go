@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"sort"
+	"sync/atomic"
 	"time"
 
 	"github.com/gvmm/gvmm/migration/stream"
@@ -128,6 +129,10 @@ type regionMemory struct {
 	dst Destination
 	lay layout
 	cpu []byte // the caller's part of the handshake, once checked
+	// written has a bit per page of each region (lay.regions' order)
+	// that this stream wrote, when the destination's memory started
+	// zero (ZeroedDestination): only those need zeroing. Nil otherwise.
+	written [][]atomic.Uint64
 }
 
 func (m *regionMemory) setDest(dst Destination) error {
@@ -143,6 +148,12 @@ func (m *regionMemory) setDest(dst Destination) error {
 		return err
 	}
 	m.dst, m.lay = dst, lay
+	if z, ok := dst.(ZeroedDestination); ok && z.MemoryIsZero() {
+		m.written = make([][]atomic.Uint64, len(lay.regions))
+		for i, r := range lay.regions {
+			m.written[i] = make([]atomic.Uint64, (len(r.Data)/PageSize+63)/64)
+		}
+	}
 	return nil
 }
 
@@ -183,35 +194,61 @@ func (m *regionMemory) streamOptions(opts ReceiveOptions) stream.ReceiverOptions
 	}
 }
 
-// find returns the region holding gpa and gpa's offset in it.
-func (m *regionMemory) find(gpa uint64) (Region, uint64, error) {
+// find returns the index of the region holding gpa and gpa's offset in it.
+func (m *regionMemory) find(gpa uint64) (int, uint64, error) {
 	rs := m.lay.regions
 	i := sort.Search(len(rs), func(i int) bool { return rs[i].GPA+uint64(len(rs[i].Data)) > gpa })
 	if i == len(rs) || gpa < rs[i].GPA {
-		return Region{}, 0, fmt.Errorf("%w: page %#x is in no region", ErrLayout, gpa)
+		return 0, 0, fmt.Errorf("%w: page %#x is in no region", ErrLayout, gpa)
 	}
-	return rs[i], gpa - rs[i].GPA, nil
+	return i, gpa - rs[i].GPA, nil
 }
 
 // WritePage implements stream.Memory.
 func (m *regionMemory) WritePage(gpa uint64, data []byte) error {
-	r, off, err := m.find(gpa)
+	i, off, err := m.find(gpa)
 	if err != nil {
 		return err
 	}
-	copy(r.Data[off:off+PageSize], data)
+	if m.written != nil {
+		p := off / PageSize
+		m.written[i][p/64].Or(1 << (p % 64))
+	}
+	copy(m.lay.regions[i].Data[off:off+PageSize], data)
 	return nil
+}
+
+// zeroWritten zeroes the pages of region i's n pages from page p that
+// this stream wrote: the others still read as zero.
+func (m *regionMemory) zeroWritten(i int, p, n uint64) {
+	data, bits := m.lay.regions[i].Data, m.written[i]
+	for end := p + n; p < end; {
+		w := bits[p/64].Load() >> (p % 64)
+		if w == 0 {
+			p += 64 - p%64 // no page written up to the word's end
+			continue
+		}
+		if w&1 != 0 {
+			clear(data[p*PageSize : (p+1)*PageSize])
+		}
+		p++
+	}
 }
 
 // ZeroPages implements stream.PageZeroer; a run may span adjacent regions.
 func (m *regionMemory) ZeroPages(gpa, pages uint64) error {
 	for pages > 0 {
-		r, off, err := m.find(gpa)
+		i, off, err := m.find(gpa)
 		if err != nil {
 			return err
 		}
+		r := m.lay.regions[i]
 		n := min(pages, (uint64(len(r.Data))-off)/PageSize)
-		clear(r.Data[off : off+n*PageSize])
+		if m.written != nil {
+			m.zeroWritten(i, off/PageSize, n)
+		} else {
+			clear(r.Data[off : off+n*PageSize])
+		}
 		gpa += n * PageSize
 		pages -= n
 	}

@@ -50,9 +50,13 @@ type destMachine struct {
 	opts vmm.RestoreOptions
 }
 
-var _ migration.Destination = destMachine{}
+var _ migration.ZeroedDestination = destMachine{}
 
 func (d destMachine) Regions() []migration.Region { return regionsOf(d.m) }
+
+// MemoryIsZero: a machine built to receive has fresh RAM that nothing was
+// loaded into, and its vCPUs wait for the migration's end to run.
+func (d destMachine) MemoryIsZero() bool { return true }
 
 func (d destMachine) RestoreState(ctx context.Context, comps []migration.Component) error {
 	if err := d.m.Pause(ctx); err != nil { // waits until every vCPU parked
