@@ -231,7 +231,7 @@ func (m *mig) run(ctx context.Context) benchfmt.MigResult {
 		if vmmWhy != "" {
 			return vmmWhy
 		}
-		if err := m.hb.waitCount(ctx, "dst", 50, 2*time.Minute); err != nil {
+		if err := m.hb.waitCountNudging(ctx, "dst", 50, 2*time.Minute, dst, m.say); err != nil {
 			return fmt.Sprintf("heartbeat on the destination: %v", err)
 		}
 		if m.vmm == "gvmm" {
@@ -469,6 +469,40 @@ func (b *beats) waitCount(ctx context.Context, from string, n int, timeout time.
 		time.Sleep(20 * time.Millisecond)
 	}
 	return nil
+}
+
+// waitCountNudging is waitCount for the destination's heartbeats: when
+// none arrives for stallAfter, it types a newline on the console, once.
+// Linux's 8250 driver sends pending output from its interrupt handler
+// whatever raised the interrupt, so heartbeats that come back after the
+// nudge mean the UART's transmit interrupt was lost (a VMM bug), while a
+// guest that stays silent is hung.
+func (b *beats) waitCountNudging(ctx context.Context, from string, n int, timeout time.Duration, v *vm, say func(string, ...any)) error {
+	const stallAfter = 10 * time.Second
+	deadline := time.Now().Add(timeout)
+	last, lastAt, nudged, told := b.count(from), time.Now(), false, false
+	for {
+		c := b.count(from)
+		switch {
+		case c >= n:
+			return nil
+		case time.Now().After(deadline):
+			return fmt.Errorf("%d of %d heartbeats in %v (console nudged: %v)", c, n, timeout, nudged)
+		case ctx.Err() != nil:
+			return ctx.Err()
+		case c != last:
+			if nudged && !told {
+				say("destination heartbeats came back after the nudge: a transmit interrupt was lost")
+				told = true
+			}
+			last, lastAt = c, time.Now()
+		case !nudged && time.Since(lastAt) > stallAfter:
+			say("no heartbeat from the destination for %v after %d; typing a newline on its console", stallAfter, c)
+			v.send("\n")
+			nudged = true
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }
 
 // gap is the longest gap between consecutive heartbeats (in arrival
