@@ -2,6 +2,7 @@ package stream
 
 import (
 	"fmt"
+	"time"
 
 	"github.com/klauspost/compress/zstd"
 )
@@ -11,10 +12,12 @@ type Compression int
 
 const (
 	// CompressAuto compresses with zstd at its fastest level where it
-	// pays: only batches bound for a connection whose link is the
-	// bottleneck (its queue of sealed records full), and it
-	// pauses itself while batches do not shrink enough. It is the zero
-	// value.
+	// saves time: batches bound for a connection whose link is the
+	// bottleneck (its queue of sealed records full), and, where the CPU
+	// is, batches whose compression costs less than the encryption it
+	// saves (measured as it goes: on a machine with fast AES-GCM it never
+	// does, under emulation it often does). It pauses itself while
+	// batches do not shrink enough. It is the zero value.
 	CompressAuto Compression = iota
 	// CompressOff never compresses.
 	CompressOff
@@ -60,6 +63,12 @@ const (
 	// maxBackoff and resets when compression pays again.
 	minBackoff = 32
 	maxBackoff = 2048
+	// Where neither the link nor the measured costs call for compression,
+	// one batch in probeEvery is compressed all the same, to keep the
+	// cost of compressing and the ratio current.
+	probeEvery = 256
+	// costWeight is the weight of a new sample in the running costs.
+	costWeight = 0.125
 )
 
 // compressor is one worker's zstd encoder and its on/off policy. It is not
@@ -72,10 +81,17 @@ type compressor struct {
 	tries   int    // batches in the current window
 	skip    int    // batches left to skip
 	backoff int    // current pause length
+
+	// Running estimates (exponentially weighted) of the CPU cost of
+	// compressing and sealing, in nanoseconds per byte, and of the
+	// compressed/raw ratio; zero until measured.
+	compNs, sealNs, ratio float64
+	sinceProbe            int // batches since the last one compressed
+	now                   func() time.Time
 }
 
 func newCompressor(mode Compression) (*compressor, error) {
-	c := &compressor{mode: mode, backoff: minBackoff}
+	c := &compressor{mode: mode, backoff: minBackoff, now: time.Now}
 	if mode == CompressOff {
 		return c, nil
 	}
@@ -92,8 +108,9 @@ func newCompressor(mode Compression) (*compressor, error) {
 	return c, nil
 }
 
-// shouldTry says whether to compress the next batch.
-func (c *compressor) shouldTry() bool {
+// shouldTry says whether to compress the next batch, which goes to a
+// connection whose link is (linkBound) or is not the bottleneck.
+func (c *compressor) shouldTry(linkBound bool) bool {
 	switch c.mode {
 	case CompressOff:
 		return false
@@ -104,14 +121,51 @@ func (c *compressor) shouldTry() bool {
 		c.skip--
 		return false
 	}
-	return true
+	if linkBound || c.cpuPays() {
+		c.sinceProbe = 0
+		return true
+	}
+	c.sinceProbe++
+	if c.compNs == 0 || c.sinceProbe >= probeEvery {
+		c.sinceProbe = 0
+		return true
+	}
+	return false
+}
+
+// cpuPays says whether, by the running estimates, compressing a batch
+// costs less CPU time than sealing the bytes it saves. Only the sender's
+// side is counted: the receiver saves as much decryption as the sender
+// saves encryption, and decompressing costs it less than that.
+func (c *compressor) cpuPays() bool {
+	return c.compNs > 0 && c.sealNs > 0 && c.compNs < (1-c.ratio)*c.sealNs
+}
+
+// noteSeal adds a measurement of sealing n bytes in d.
+func (c *compressor) noteSeal(n int, d time.Duration) {
+	if n > 0 {
+		c.sealNs = ewma(c.sealNs, float64(d.Nanoseconds())/float64(n))
+	}
+}
+
+func ewma(old, sample float64) float64 {
+	if old == 0 {
+		return sample
+	}
+	return old + costWeight*(sample-old)
 }
 
 // compress appends the zstd frame of raw to dst and reports whether it is
 // worth sending instead of raw.
 func (c *compressor) compress(dst, raw []byte) ([]byte, bool) {
+	t := c.now()
 	out := c.enc.EncodeAll(raw, dst)
+	d := c.now().Sub(t)
 	n := len(out) - len(dst)
+	if len(raw) > 0 {
+		c.compNs = ewma(c.compNs, float64(d.Nanoseconds())/float64(len(raw)))
+		c.ratio = ewma(c.ratio, min(float64(n)/float64(len(raw)), 1))
+	}
 	c.record(len(raw), n)
 	return out, n < len(raw)-len(raw)/16
 }

@@ -616,7 +616,7 @@ func (s *Sender) encode(w *workerState, j job) error {
 	body = binary.BigEndian.AppendUint32(body, uint32(len(w.dataRuns)))
 	body = appendRuns(body, w.dataRuns)
 	compressed := false
-	if (s.ignoreLink || w.comp.mode != CompressAuto || linkBound(c)) && w.comp.shouldTry() {
+	if w.comp.shouldTry(s.ignoreLink || linkBound(c)) {
 		if w.wasOff {
 			s.log.Debug("stream: probing compression again")
 			w.wasOff = false
@@ -648,7 +648,10 @@ func (s *Sender) encode(w *workerState, j job) error {
 		}
 	}
 	seq := c.reserve()
-	rec := &outRec{seq: seq, typ: RecordPages, pool: bp, buf: c.seal(RecordPages, seq, (*bp)[:recordHeaderSize+len(body)], body)}
+	t := w.comp.now()
+	sealed := c.seal(RecordPages, seq, (*bp)[:recordHeaderSize+len(body)], body)
+	w.comp.noteSeal(len(body), w.comp.now().Sub(t))
+	rec := &outRec{seq: seq, typ: RecordPages, pool: bp, buf: sealed}
 	if err := s.deliver(s.ctx, c, rec); err != nil {
 		return err
 	}

@@ -279,7 +279,7 @@ func TestCompressionPolicy(t *testing.T) {
 	}
 	tried := 0
 	for range 1000 {
-		if c.shouldTry() {
+		if c.shouldTry(true) {
 			tried++
 			c.compress(nil, rnd)
 		}
@@ -294,7 +294,7 @@ func TestCompressionPolicy(t *testing.T) {
 	// compressed again, and stays so.
 	used := 0
 	for range maxBackoff + 100 {
-		if c.shouldTry() {
+		if c.shouldTry(true) {
 			if _, ok := c.compress(nil, text); ok {
 				used++
 			}
@@ -305,6 +305,41 @@ func TestCompressionPolicy(t *testing.T) {
 	}
 	if used < 90 {
 		t.Fatalf("compression resumed for only %d batches", used)
+	}
+}
+
+// CompressAuto compresses where the link is the bottleneck, or where by
+// the measured costs compressing takes less CPU time than sealing the
+// bytes it saves; otherwise only an occasional probe batch.
+func TestCompressionCostModel(t *testing.T) {
+	for _, tc := range []struct {
+		name                  string
+		linkBound             bool
+		compNs, sealNs, ratio float64
+		wantMin, wantMax      int // batches tried of 1000
+	}{
+		{"fast AES, CPU bound", false, 2, 0.3, 0.4, 1, 1000 / probeEvery * 2},
+		{"fast AES, link bound", true, 2, 0.3, 0.4, 1000, 1000},
+		{"emulated AES, compressible", false, 15, 50, 0.4, 1000, 1000},
+		{"emulated AES, barely compressible", false, 15, 50, 0.8, 1, 1000 / probeEvery * 2},
+		{"nothing measured yet", false, 0, 0, 0, 1, 1 + 1000/probeEvery},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := &compressor{mode: CompressAuto, backoff: minBackoff, compNs: tc.compNs, sealNs: tc.sealNs, ratio: tc.ratio}
+			tried := 0
+			for range 1000 {
+				if c.shouldTry(tc.linkBound) {
+					tried++
+					if tc.compNs == 0 {
+						// What compress would measure: too costly to pay.
+						c.compNs, c.sealNs, c.ratio = 10, 1, 0.5
+					}
+				}
+			}
+			if tried < tc.wantMin || tried > tc.wantMax {
+				t.Fatalf("tried %d of 1000 batches, want %d..%d", tried, tc.wantMin, tc.wantMax)
+			}
+		})
 	}
 }
 
