@@ -362,6 +362,14 @@ func (rs *runState) read(c *rconn) error {
 			return nil
 		}
 	}
+	// The buffers held decrypted guest pages: wipe them when the
+	// connection is done, so no plaintext lingers in freed memory (a core
+	// dump, swap). Copies left behind by earlier, smaller buffers are not
+	// covered.
+	defer func() {
+		clear(c.buf[:cap(c.buf)])
+		clear(c.page[:cap(c.page)])
+	}()
 	var hb [recordHeaderSize]byte
 	for {
 		if _, err := io.ReadFull(c.br, hb[:]); err != nil {

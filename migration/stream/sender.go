@@ -535,6 +535,13 @@ func (s *Sender) worker(comp *compressor) {
 	defer s.workers.Done()
 	defer comp.close()
 	w := &workerState{comp: comp}
+	// Its gather and zstd buffers held guest pages in plaintext: wipe
+	// them when the worker is done (the pool's buffers hold ciphertext,
+	// sealed in place).
+	defer func() {
+		clear(w.gather[:cap(w.gather)])
+		clear(w.zstdOut[:cap(w.zstdOut)])
+	}()
 	for j := range s.jobs {
 		if s.ctx.Err() == nil {
 			if err := s.encode(w, j); err != nil {
