@@ -76,30 +76,19 @@ func strictUnmarshal(b []byte, v any) error {
 }
 
 // byteArray fills dst, exactly, from a base64 string or an array of
-// numbers.
+// numbers (encoding/json reads either into a []byte).
 func byteArray(raw json.RawMessage, dst []byte) error {
 	raw = bytes.TrimSpace(raw)
 	if len(raw) == 0 || bytes.Equal(raw, []byte("null")) {
 		return errors.New("missing")
 	}
-	if raw[0] == '"' {
-		var b []byte
-		if err := json.Unmarshal(raw, &b); err != nil {
-			return err
-		}
-		if len(b) != len(dst) {
-			return fmt.Errorf("%d bytes, want %d", len(b), len(dst))
-		}
-		copy(dst, b)
-		return nil
-	}
-	var a []uint8
-	if err := json.Unmarshal(raw, &a); err != nil {
+	var b []byte
+	if err := json.Unmarshal(raw, &b); err != nil {
 		return err
 	}
-	if len(a) != len(dst) {
-		return fmt.Errorf("%d bytes, want %d", len(a), len(dst))
+	if len(b) != len(dst) {
+		return fmt.Errorf("%d bytes, want %d", len(b), len(dst))
 	}
-	copy(dst, a)
+	copy(dst, b)
 	return nil
 }
