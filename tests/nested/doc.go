@@ -100,7 +100,9 @@
 // the same idle guest (256 MiB, the serial console only) over loopback in
 // L1: with "gvmm migrate" to a "gvmm receive" (encrypted, its defaults),
 // and with QEMU -M pc to a second QEMU started with -incoming, over QMP
-// (plaintext, its defaults but max-bandwidth lifted). The guest runs
+// (plaintext, its defaults but max-bandwidth lifted), then the same over
+// TLS with a pre-shared key ("qemu-tls": encrypted like gvmm, so the fair
+// reference under TCG, where both encryptions are emulated). The guest runs
 // "agent heartbeat 20" (a numbered, timestamped line every 20 ms); the
 // benchmark timestamps each line on arrival from either VMM's console.
 // One "=== GVMM-NESTED MIGBENCH RESULT" line per migration gives total

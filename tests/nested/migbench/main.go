@@ -26,6 +26,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -84,7 +85,7 @@ func main() {
 	fs.StringVar(&c.dir, "dir", os.TempDir(), "folder for the key file and the sockets")
 	fs.IntVar(&c.hbMs, "hb-ms", 20, "guest heartbeat period in milliseconds")
 	fs.DurationVar(&c.bootTimeout, "boot-timeout", 5*time.Minute, "bound on a boot to the guest's shell")
-	vmms := fs.String("vmms", "gvmm,qemu", "comma-separated VMMs: gvmm, qemu (QEMU -M pc)")
+	vmms := fs.String("vmms", "gvmm,qemu", "comma-separated VMMs: gvmm, qemu (QEMU -M pc), qemu-tls (the same over TLS with a pre-shared key)")
 	fs.BoolVar(&c.verbose, "v", false, "relay every console")
 	fs.Parse(os.Args[1:])
 	c.vmms = strings.Split(*vmms, ",")
@@ -94,8 +95,8 @@ func main() {
 		os.Exit(2)
 	}
 	for _, v := range c.vmms {
-		if v != "gvmm" && v != "qemu" {
-			fmt.Fprintf(os.Stderr, "migbench: unknown VMM %q (want gvmm or qemu)\n", v)
+		if v != "gvmm" && v != "qemu" && v != "qemu-tls" {
+			fmt.Fprintf(os.Stderr, "migbench: unknown VMM %q (want gvmm, qemu or qemu-tls)\n", v)
 			os.Exit(2)
 		}
 	}
@@ -150,7 +151,7 @@ func (m *mig) say(format string, args ...any) {
 
 func (m *mig) env() []string {
 	env := os.Environ()
-	if m.vmm == "qemu" && m.c.qemuLib != "" {
+	if m.vmm != "gvmm" && m.c.qemuLib != "" {
 		env = append(env, "LD_LIBRARY_PATH="+m.c.qemuLib)
 	}
 	if m.vmm == "gvmm" {
@@ -191,6 +192,17 @@ func (m *mig) run(ctx context.Context) benchfmt.MigResult {
 		srcArgv = []string{m.c.gvmm, "run", "--api-socket", srcSock, "--kernel", m.c.kernel, "--initrd", m.c.initrd,
 			"--memory", m.c.mem, "--cpus", fmt.Sprint(m.c.cpus), "--cmdline", guestCmdline}
 		dstArgv = []string{m.c.gvmm, "receive", "--listen", addr, "--insecure-key", m.key, "--api-socket", dstSock}
+	} else if m.vmm == "qemu-tls" {
+		pskDir, err := m.pskDir()
+		if err != nil {
+			r.Why = err.Error()
+			return r
+		}
+		defer os.RemoveAll(pskDir)
+		srcArgv = m.qemuArgv("-qmp", "unix:"+srcSock+",server=on,wait=off",
+			"-object", "tls-creds-psk,id=tls0,endpoint=client,username=migbench,dir="+pskDir)
+		dstArgv = m.qemuArgv("-qmp", "unix:"+dstSock+",server=on,wait=off",
+			"-object", "tls-creds-psk,id=tls0,endpoint=server,dir="+pskDir, "-incoming", "defer")
 	} else {
 		srcArgv = m.qemuArgv("-qmp", "unix:"+srcSock+",server=on,wait=off")
 		dstArgv = m.qemuArgv("-qmp", "unix:"+dstSock+",server=on,wait=off", "-incoming", "tcp:"+addr)
@@ -217,6 +229,12 @@ func (m *mig) run(ctx context.Context) benchfmt.MigResult {
 		var err error
 		if dst, err = startVM(dstArgv, m.env(), m, "dst"); err != nil {
 			return err.Error()
+		}
+		if m.vmm == "qemu-tls" {
+			// TLS credentials are set before the destination listens.
+			if err := qemuListenTLS(dstSock, addr); err != nil {
+				return err.Error()
+			}
 		}
 		if err := waitListening(ctx, addr, dst, time.Minute); err != nil {
 			return err.Error()
@@ -303,7 +321,11 @@ func (m *mig) qemuMigrate(ctx context.Context, sock, addr string, r *benchfmt.Mi
 		return err.Error()
 	}
 	defer q.close()
-	if _, err := q.do("migrate-set-parameters", map[string]any{"max-bandwidth": int64(64) << 30}); err != nil {
+	params := map[string]any{"max-bandwidth": int64(64) << 30}
+	if m.vmm == "qemu-tls" {
+		params["tls-creds"] = "tls0"
+	}
+	if _, err := q.do("migrate-set-parameters", params); err != nil {
 		return err.Error()
 	}
 	if _, err := q.do("migrate", map[string]any{"uri": "tcp:" + addr}); err != nil {
@@ -339,6 +361,39 @@ func (m *mig) qemuMigrate(ctx context.Context, sock, addr string, r *benchfmt.Mi
 		time.Sleep(10 * time.Millisecond)
 	}
 	return "QEMU migration did not complete in 5 minutes"
+}
+
+// pskDir writes QEMU's TLS-PSK key file (keys.psk: "user:hexkey") with
+// the migration key gvmm uses, in a fresh folder.
+func (m *mig) pskDir() (string, error) {
+	k, err := os.ReadFile(m.key)
+	if err != nil {
+		return "", err
+	}
+	d, err := os.MkdirTemp(m.c.dir, "migbench-psk-")
+	if err != nil {
+		return "", err
+	}
+	if err := os.WriteFile(filepath.Join(d, "keys.psk"), []byte("migbench:"+hex.EncodeToString(k)+"\n"), 0o600); err != nil {
+		os.RemoveAll(d)
+		return "", err
+	}
+	return d, nil
+}
+
+// qemuListenTLS makes a destination started with -incoming defer listen
+// on addr for a TLS migration.
+func qemuListenTLS(sock, addr string) error {
+	q, err := dialQMP(sock)
+	if err != nil {
+		return err
+	}
+	defer q.close()
+	if _, err := q.do("migrate-set-parameters", map[string]any{"tls-creds": "tls0"}); err != nil {
+		return err
+	}
+	_, err = q.do("migrate-incoming", map[string]any{"uri": "tcp:" + addr})
+	return err
 }
 
 // qmp is a minimal QMP client.
