@@ -130,8 +130,10 @@ type PCIState struct {
 	DeviceType DeviceType
 	Offered    uint64
 	// Config is the writable part of PCI configuration space (the rest
-	// is rebuilt by NewPCI and must match).
-	Config [cfgSpaceSize]byte
+	// is rebuilt by NewPCI and must match), cfgSpaceSize bytes. A slice,
+	// so that JSON carries it as base64; states written when it was an
+	// array (of numbers) decode into it all the same.
+	Config []byte
 	// Device configuration space as the driver reads it (MAC, capacity,
 	// ...): the destination's device must present the same.
 	DeviceConfig []byte
@@ -187,6 +189,7 @@ func (p *PCI) SaveState() (PCIState, error) {
 		QueueSel:    p.queueSel,
 		ConfigGen:   p.configGen.Load(),
 	}
+	st.Config = make([]byte, cfgSpaceSize)
 	st.DeviceConfig = make([]byte, deviceConfigLen)
 	p.dev.ReadConfig(0, st.DeviceConfig)
 	p.cfgMu.Lock()
@@ -266,6 +269,9 @@ func (p *PCI) checkState(st *PCIState) error {
 	}
 	if st.Offered != p.offered() {
 		return fmt.Errorf("saved device offered features %#x, this one %#x", st.Offered, p.offered())
+	}
+	if len(st.Config) != cfgSpaceSize {
+		return fmt.Errorf("configuration space of %d bytes, want %d", len(st.Config), cfgSpaceSize)
 	}
 	if st.DrvFeatures&^p.offered() != 0 {
 		return fmt.Errorf("negotiated features %#x beyond those offered %#x", st.DrvFeatures, p.offered())

@@ -125,6 +125,8 @@ func TestRestoreRefusesHostileState(t *testing.T) {
 		{"offered", func(s *virtio.PCIState) { s.Offered |= 1 << 50 }, "offered"},
 		{"negotiated beyond offered", func(s *virtio.PCIState) { s.DrvFeatures |= 1 << 3 }, "beyond"},
 		{"device config", func(s *virtio.PCIState) { s.DeviceConfig = s.DeviceConfig[:3] }, "configuration differs"},
+		{"config space short", func(s *virtio.PCIState) { s.Config = s.Config[:255] }, "configuration space"},
+		{"config space missing", func(s *virtio.PCIState) { s.Config = nil }, "configuration space"},
 		{"status bits", func(s *virtio.PCIState) { s.Status |= 0x20 }, "status bits"},
 		{"driver ok without features ok", func(s *virtio.PCIState) { s.Status &^= virtio.StatusFeaturesOK }, "FEATURES_OK"},
 		{"MSI-X table size", func(s *virtio.PCIState) { s.MSIXTable = s.MSIXTable[:16] }, "MSI-X table"},
@@ -249,4 +251,23 @@ func TestQuiesceBoundedByContext(t *testing.T) {
 	dev.release = make(chan struct{})
 	close(dev.release)
 	p.Close()
+}
+
+// A state saved when Config was an array (written as numbers) decodes
+// into today's slice.
+func TestStateConfigOldForm(t *testing.T) {
+	var old struct{ Config [256]byte }
+	old.Config[4], old.Config[255] = 7, 9
+	b, _ := json.Marshal(old)
+	var st virtio.PCIState
+	if err := json.Unmarshal(b, &st); err != nil {
+		t.Fatal(err)
+	}
+	if len(st.Config) != 256 || st.Config[4] != 7 || st.Config[255] != 9 {
+		t.Fatalf("config decoded as %d bytes", len(st.Config))
+	}
+	b, _ = json.Marshal(st)
+	if !strings.Contains(string(b), `"Config":"`) {
+		t.Fatalf("config encodes as %.60s, want base64", b)
+	}
 }
