@@ -28,8 +28,9 @@ type StateComponent struct {
 
 // stateVersion is the version of every component's encoding. A later
 // version keeps decoding the earlier ones (oldestStateVersion on). Version
-// 2 writes the LAPIC and irqchip register pages as base64 instead of
-// arrays of numbers (package kvm reads both).
+// 2 writes the LAPIC and irqchip register pages and virtio's PCI
+// configuration space as base64 instead of arrays of numbers (packages kvm
+// and virtio read both).
 const (
 	stateVersion       = 2
 	oldestStateVersion = 1
