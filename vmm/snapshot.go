@@ -294,6 +294,7 @@ type RestoreOptions struct {
 // duplicated or unknown is an error. On error the machine must be
 // discarded.
 func (m *Machine) RestoreState(ctx context.Context, comps []StateComponent, opts RestoreOptions) error {
+	start := time.Now()
 	if err := m.requirePaused(); err != nil {
 		return err
 	}
@@ -370,7 +371,7 @@ func (m *Machine) RestoreState(ctx context.Context, comps []StateComponent, opts
 			return fmt.Errorf("restore %s: %w", d.name, err)
 		}
 	}
-	m.log.Debug("restore timing", "vm", t1.Sub(t0), "vcpus", t2.Sub(t1), "devices", time.Since(t2))
+	m.log.Debug("restore timing", "decode", t0.Sub(start), "vm", t1.Sub(t0), "vcpus", t2.Sub(t1), "devices", time.Since(t2))
 	return nil
 }
 

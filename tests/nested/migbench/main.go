@@ -23,6 +23,7 @@
 package main
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"crypto/rand"
@@ -611,15 +612,26 @@ func startVM(argv, env []string, m *mig, label string) (*vm, error) {
 	if err != nil {
 		return nil, err
 	}
-	cmd.Stdout, cmd.Stderr = pw, pw
-	err = cmd.Start()
-	pw.Close()
+	// The VMM's own messages go through a pipe of their own: written to
+	// the console's, a log line can land inside a heartbeat line.
+	er, ew, err := os.Pipe()
 	if err != nil {
 		pr.Close()
+		pw.Close()
+		return nil, err
+	}
+	cmd.Stdout, cmd.Stderr = pw, ew
+	err = cmd.Start()
+	pw.Close()
+	ew.Close()
+	if err != nil {
+		pr.Close()
+		er.Close()
 		return nil, fmt.Errorf("start %s: %w", argv[0], err)
 	}
 	v := &vm{cmd: cmd, stdin: stdin, label: label, m: m, waited: make(chan error, 1), lines: make(chan string, 4096)}
 	go v.read(pr)
+	go v.readLog(er)
 	go func() { v.waited <- cmd.Wait() }()
 	return v, nil
 }
@@ -655,6 +667,26 @@ func (v *vm) read(r io.ReadCloser) {
 	}
 }
 
+// readLog relays the VMM's timing lines from its stderr and keeps the
+// rest in the tail shown on failure.
+func (v *vm) readLog(r io.ReadCloser) {
+	defer r.Close()
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		line := sc.Text()
+		v.mu.Lock()
+		v.tail = append(v.tail, line)
+		if len(v.tail) > tailLines {
+			v.tail = v.tail[1:]
+		}
+		v.mu.Unlock()
+		if v.m.c.verbose || strings.Contains(line, " timing") || strings.Contains(line, "migration received") {
+			fmt.Fprintf(v.m.w, "migbench: %s %d %s | %s\n", v.m.vmm, v.m.round, v.label, line)
+		}
+	}
+}
+
 func (v *vm) line(line string, at time.Time) {
 	v.mu.Lock()
 	v.tail = append(v.tail, line)
@@ -668,9 +700,6 @@ func (v *vm) line(line string, at time.Time) {
 	if strings.Contains(line, "gvmm-hb ") {
 		v.m.hb.add(v.label, line, at)
 		return
-	}
-	if !v.m.c.verbose && (strings.Contains(line, " timing") || strings.Contains(line, "migration received")) {
-		fmt.Fprintf(v.m.w, "migbench: %s %d %s | %s\n", v.m.vmm, v.m.round, v.label, line)
 	}
 	select {
 	case v.lines <- line:
