@@ -2,6 +2,7 @@ package kvm
 
 import (
 	"bytes"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -91,4 +92,80 @@ func byteArray(raw json.RawMessage, dst []byte) error {
 	}
 	copy(dst, b)
 	return nil
+}
+
+// CPUIDEntries and MSREntries are the vCPU's CPUID table and MSR values
+// as saved state. JSON carries them as base64 of their kernel layout
+// (little-endian, x86-64), far cheaper to decode on the switchover's path
+// than an array of objects; the array form that states saved before were
+// written in is read too. Decoding checks the length and bounds the count.
+type (
+	CPUIDEntries []CPUIDEntry
+	MSREntries   []MSREntry
+)
+
+// MarshalJSON writes the entries' kernel layout as base64.
+func (e CPUIDEntries) MarshalJSON() ([]byte, error) { return marshalEntries([]CPUIDEntry(e)) }
+
+// UnmarshalJSON reads base64 of the kernel layout, or an array of objects.
+func (e *CPUIDEntries) UnmarshalJSON(b []byte) error {
+	v, err := unmarshalEntries[CPUIDEntry](b, sizeofCPUIDEntry, maxCPUIDEntries)
+	if err != nil {
+		return fmt.Errorf("cpuid entries: %w", err)
+	}
+	*e = v
+	return nil
+}
+
+// MarshalJSON writes the entries' kernel layout as base64.
+func (e MSREntries) MarshalJSON() ([]byte, error) { return marshalEntries([]MSREntry(e)) }
+
+// UnmarshalJSON reads base64 of the kernel layout, or an array of objects.
+func (e *MSREntries) UnmarshalJSON(b []byte) error {
+	v, err := unmarshalEntries[MSREntry](b, sizeofMSREntry, maxMSRIndices)
+	if err != nil {
+		return fmt.Errorf("msr entries: %w", err)
+	}
+	*e = v
+	return nil
+}
+
+func marshalEntries[T any](v []T) ([]byte, error) {
+	if v == nil {
+		return []byte("null"), nil
+	}
+	buf, err := binary.Append(nil, binary.LittleEndian, v)
+	if err != nil {
+		return nil, err
+	}
+	return json.Marshal(buf)
+}
+
+func unmarshalEntries[T any](b []byte, size, max int) ([]T, error) {
+	b = bytes.TrimSpace(b)
+	switch {
+	case bytes.Equal(b, []byte("null")):
+		return nil, nil
+	case len(b) > 0 && b[0] == '[':
+		var v []T
+		if err := strictUnmarshal(b, &v); err != nil {
+			return nil, err
+		}
+		if len(v) > max {
+			return nil, fmt.Errorf("%d entries, at most %d", len(v), max)
+		}
+		return v, nil
+	}
+	var raw []byte
+	if err := json.Unmarshal(b, &raw); err != nil {
+		return nil, err
+	}
+	if len(raw)%size != 0 || len(raw)/size > max {
+		return nil, fmt.Errorf("%d bytes: not a whole number of %d-byte entries, or more than %d", len(raw), size, max)
+	}
+	v := make([]T, len(raw)/size)
+	if _, err := binary.Decode(raw, binary.LittleEndian, v); err != nil {
+		return nil, err
+	}
+	return v, nil
 }

@@ -2,6 +2,7 @@ package kvm
 
 import (
 	"encoding/json"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -69,5 +70,56 @@ func TestByteArrayJSON(t *testing.T) {
 				t.Fatalf("%s decoded", tc.in)
 			}
 		})
+	}
+}
+
+// CPUID and MSR entries travel as base64 of their kernel layout, read the
+// array form of states saved before, and refuse bad lengths and counts.
+func TestEntriesJSON(t *testing.T) {
+	cpuid := CPUIDEntries{{Function: 1, Index: 2, Flags: 3, EAX: 4, EBX: 5, ECX: 6, EDX: 7}, {Function: 0x8000_0001, EDX: 1 << 31}}
+	msrs := MSREntries{{Index: 0x10, Data: 1 << 40}, {Index: 0xc000_0080, Data: 0xd01}}
+	b, err := json.Marshal(cpuid)
+	if err != nil || b[0] != '"' {
+		t.Fatalf("cpuid encodes as %.30s (%v), want a base64 string", b, err)
+	}
+	var c2 CPUIDEntries
+	if err := json.Unmarshal(b, &c2); err != nil || !slices.Equal(c2, cpuid) {
+		t.Fatalf("cpuid round trip: %v, %v", err, c2)
+	}
+	b, _ = json.Marshal(msrs)
+	var m2 MSREntries
+	if err := json.Unmarshal(b, &m2); err != nil || !slices.Equal(m2, msrs) {
+		t.Fatalf("msr round trip: %v, %v", err, m2)
+	}
+	// The old form: arrays of objects.
+	old, _ := json.Marshal([]CPUIDEntry(cpuid))
+	if err := json.Unmarshal(old, &c2); err != nil || !slices.Equal(c2, cpuid) {
+		t.Fatalf("old cpuid form: %v, %v", err, c2)
+	}
+	old, _ = json.Marshal([]MSREntry(msrs))
+	if err := json.Unmarshal(old, &m2); err != nil || !slices.Equal(m2, msrs) {
+		t.Fatalf("old msr form: %v, %v", err, m2)
+	}
+	var none MSREntries
+	if b, _ := json.Marshal(none); string(b) != "null" {
+		t.Fatalf("nil entries encode as %s", b)
+	}
+	for _, tc := range []struct{ name, in string }{
+		{"partial entry", `"AAECAwQ="`},
+		{"unknown field in old form", `[{"Index":1,"Data":2,"Evil":3}]`},
+		{"not base64", `"!!"`},
+		{"a number", `7`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var m MSREntries
+			if err := json.Unmarshal([]byte(tc.in), &m); err == nil {
+				t.Fatalf("%s decoded as %v", tc.in, m)
+			}
+		})
+	}
+	big := make([]byte, (maxMSRIndices+1)*sizeofMSREntry)
+	b, _ = json.Marshal(big)
+	if err := json.Unmarshal(b, &m2); err == nil {
+		t.Fatal("more MSR entries than KVM can list decoded")
 	}
 }

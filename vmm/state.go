@@ -15,13 +15,13 @@ type VCPUState struct {
 	MPState   kvm.MPState
 	Events    kvm.VCPUEvents
 	LAPIC     kvm.LAPICState
-	MSRs      []kvm.MSREntry
+	MSRs      kvm.MSREntries
 	XSave     kvm.XSave
 	XCRs      kvm.XCRs
 	Sregs     kvm.Sregs
 	Regs      kvm.Regs
 	DebugRegs kvm.DebugRegs
-	CPUID     []kvm.CPUIDEntry
+	CPUID     kvm.CPUIDEntries
 	TSCKHz    uint32
 }
 
