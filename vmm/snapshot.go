@@ -54,10 +54,11 @@ func encodeComponent(id string, v any) (StateComponent, error) {
 	if err != nil {
 		return StateComponent{}, fmt.Errorf("encode %s: %w", id, err)
 	}
-	b, err := json.Marshal(envelope{V: stateVersion, S: s})
-	if err != nil {
-		return StateComponent{}, fmt.Errorf("encode %s: %w", id, err)
-	}
+	// The envelope by hand: json.Marshal would scan and compact s, a
+	// component's kilobytes of base64, once more on the switchover's path.
+	b := make([]byte, 0, len(s)+32)
+	b = fmt.Appendf(b, `{"v":%d,"s":`, stateVersion)
+	b = append(append(b, s...), '}')
 	return StateComponent{ID: id, Data: b}, nil
 }
 
@@ -67,9 +68,12 @@ func decodeComponent(c StateComponent, v any) error {
 	if len(c.Data) > maxComponentBytes {
 		return fmt.Errorf("state %s: %d bytes, at most %d", c.ID, len(c.Data), maxComponentBytes)
 	}
-	var env envelope
-	if err := strictJSON(c.Data, &env); err != nil {
-		return fmt.Errorf("state %s: %w", c.ID, err)
+	env, ok := canonicalEnvelope(c.Data)
+	if !ok {
+		// Any other spelling of the envelope: the general decoder.
+		if err := strictJSON(c.Data, &env); err != nil {
+			return fmt.Errorf("state %s: %w", c.ID, err)
+		}
 	}
 	if env.V < oldestStateVersion || env.V > stateVersion {
 		return fmt.Errorf("state %s: encoding version %d, this gvmm reads %d to %d", c.ID, env.V, oldestStateVersion, stateVersion)
@@ -80,13 +84,37 @@ func decodeComponent(c StateComponent, v any) error {
 	return nil
 }
 
+// canonicalEnvelope splits an envelope spelled as encodeComponent writes
+// it, {"v":N,"s":S}, without scanning S (strictJSON does, once).
+func canonicalEnvelope(b []byte) (envelope, bool) {
+	rest, ok := bytes.CutPrefix(b, []byte(`{"v":`))
+	if !ok {
+		return envelope{}, false
+	}
+	i := bytes.IndexByte(rest, ',')
+	if i < 1 || i > 3 {
+		return envelope{}, false
+	}
+	v, err := strconv.Atoi(string(rest[:i]))
+	if err != nil || v < 0 || string(rest[:i]) != strconv.Itoa(v) {
+		return envelope{}, false
+	}
+	sv, ok := bytes.CutPrefix(rest[i:], []byte(`,"s":`))
+	if !ok || len(sv) < 2 || sv[len(sv)-1] != '}' {
+		return envelope{}, false
+	}
+	return envelope{V: v, S: sv[:len(sv)-1]}, true
+}
+
+// strictJSON decodes b, one JSON value and nothing else, into v, refusing
+// unknown fields.
 func strictJSON(b []byte, v any) error {
 	d := json.NewDecoder(bytes.NewReader(b))
 	d.DisallowUnknownFields()
 	if err := d.Decode(v); err != nil {
 		return err
 	}
-	if d.More() {
+	if len(bytes.TrimSpace(b[d.InputOffset():])) != 0 {
 		return errors.New("trailing data")
 	}
 	return nil
