@@ -86,6 +86,10 @@ type Progress struct {
 	TotalPages      uint64  `json:"total_pages"`
 	BandwidthMBps   float64 `json:"bandwidth_mbps"`
 	ThrottlePercent int     `json:"throttle_percent"`
+	// Phase is where the migration is: "full" (the first pass), "dirty"
+	// (a later pass), "switchover" (the VM is paused: last pages and
+	// state) or "done".
+	Phase string `json:"phase,omitempty"`
 	// Step, when set, is a line about the handshake before the first
 	// page (the other fields are then zero).
 	Step string `json:"step,omitempty"`

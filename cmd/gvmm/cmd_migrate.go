@@ -179,6 +179,15 @@ func newProgressPrinter(w io.Writer) *progressPrinter {
 }
 
 func (p *progressPrinter) update(pr api.Progress) {
+	if pr.Phase == "switchover" {
+		// Always said, whatever the rate: from here the VM is paused.
+		p.done()
+		fmt.Fprintf(p.w, "migrate: switchover: the VM is paused; its last pages went in pass %d, its state follows\n", pr.Pass)
+		return
+	}
+	if pr.Phase == "done" {
+		return
+	}
 	line := fmt.Sprintf("pass %d: %d pages sent, %d dirty, %.0f MB/s, throttle %d%%",
 		pr.Pass, pr.PagesSent, pr.DirtyPages, pr.BandwidthMBps, pr.ThrottlePercent)
 	if !p.tty {

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/gvmm/gvmm/api"
 	"github.com/gvmm/gvmm/vmm/vmmtest"
 )
 
@@ -139,5 +140,21 @@ func TestRunBadInput(t *testing.T) {
 				t.Errorf("stderr shows a panic: %q", stderr)
 			}
 		})
+	}
+}
+
+// Off a terminal, pass lines come at most once a second, but the
+// switchover is always said.
+func TestProgressPrinterSwitchover(t *testing.T) {
+	var b bytes.Buffer
+	p := newProgressPrinter(&b)
+	p.update(api.Progress{Phase: "full", Pass: 0, PagesSent: 10, TotalPages: 10})
+	p.update(api.Progress{Phase: "dirty", Pass: 1, PagesSent: 12})
+	p.update(api.Progress{Phase: "switchover", Pass: 2})
+	p.update(api.Progress{Phase: "done", Pass: 2})
+	got := b.String()
+	if !strings.Contains(got, "migrate: pass 0:") || strings.Contains(got, "pass 1:") ||
+		!strings.Contains(got, "migrate: switchover: the VM is paused; its last pages went in pass 2") {
+		t.Fatalf("progress output:\n%s", got)
 	}
 }

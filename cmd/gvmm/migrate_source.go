@@ -104,7 +104,8 @@ func migrateOut(ctx context.Context, m *vmm.Machine, req api.MigrateRequest, pro
 		Logger:      log.With("migration", req.To),
 		Progress: func(p migration.Progress) {
 			progress(api.Progress{
-				Pass: p.Pass, PagesSent: p.PagesSent, DirtyPages: p.Dirty, TotalPages: p.GuestPages,
+				Phase: p.Phase.String(),
+				Pass:  p.Pass, PagesSent: p.PagesSent, DirtyPages: p.Dirty, TotalPages: p.GuestPages,
 				BandwidthMBps: p.Bandwidth / 1e6, ThrottlePercent: p.Throttle,
 			})
 		},
