@@ -138,10 +138,14 @@
 // Sender workers (GOMAXPROCS by default) take batches of up to BatchPages
 // pages, find zero pages with bytes.Equal against a zero page (the
 // runtime's vectorised memequal), emit them as one zero-runs record, and
-// pack the rest into a pages record. With CompressAuto each worker
-// compresses its batches with zstd at its fastest level and keeps a batch
-// compressed only when it shrinks by more than 1/16; when a window of 8
-// tried batches compressed to more than 90 % of their raw size, the worker
-// stops trying for 32 batches, doubling up to 2048 while it keeps not
-// paying, and probes again after each pause.
+// pack the rest into a pages record. With CompressAuto each worker tries
+// zstd (its fastest level) on a batch where that saves time: the batch
+// goes to a connection whose queue of sealed records is full (the link is
+// the bottleneck), or, by the worker's running costs (nanoseconds per byte
+// to compress and to seal, and the ratio), compressing costs less CPU than
+// sealing the bytes it saves; otherwise one batch in 256 is tried to keep
+// those costs current. A batch stays compressed only when it shrinks by
+// more than 1/16; when a window of 8 tried batches compressed to more than
+// 90 % of their raw size, the worker stops trying for 32 batches, doubling
+// up to 2048 while it keeps not paying, and probes again after each pause.
 package stream
