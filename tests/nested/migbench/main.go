@@ -232,7 +232,12 @@ func (m *mig) run(ctx context.Context) benchfmt.MigResult {
 			return err.Error()
 		}
 		if m.vmm == "qemu-tls" {
-			// TLS credentials are set before the destination listens.
+			// TLS credentials are set before the destination listens,
+			// over its QMP socket, once QEMU (slow to start in a busy
+			// L1) has made it.
+			if err := waitSocket(ctx, dstSock, dst, time.Minute); err != nil {
+				return err.Error()
+			}
 			if err := qemuListenTLS(dstSock, addr); err != nil {
 				return err.Error()
 			}
@@ -380,6 +385,24 @@ func (m *mig) pskDir() (string, error) {
 		return "", err
 	}
 	return d, nil
+}
+
+// waitSocket waits until the unix socket path exists, while v runs.
+func waitSocket(ctx context.Context, path string, v *vm, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for time.Now().Before(deadline) && ctx.Err() == nil {
+		select {
+		case err := <-v.waited:
+			v.waited <- err
+			return fmt.Errorf("the destination exited before making %s: %v", path, err)
+		default:
+		}
+		if fi, err := os.Stat(path); err == nil && fi.Mode()&os.ModeSocket != 0 {
+			return nil
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	return fmt.Errorf("no %s after %v", path, timeout)
 }
 
 // qemuListenTLS makes a destination started with -incoming defer listen
