@@ -28,7 +28,10 @@
 // line per transfer (format in tests/nested/internal/benchfmt) as soon as
 // it is measured, then the guest's block, packet and interrupt counters
 // and gvmm run --stats's lines (exit counts), and exits 1 if any transfer
-// failed.
+// failed. For each net-tx transfer it also prints where the VMM's CPU
+// time went (its vCPU threads, the guest, its other threads) and how busy
+// this machine's CPUs were, since in L1 the VMM's device work and the
+// guest share two CPUs.
 package main
 
 import (
@@ -361,7 +364,9 @@ func (b *boot) netTx(ctx context.Context, g *guest, ln *net.TCPListener) (benchf
 		n, err := io.Copy(io.Discard, c)
 		got <- recv{n, time.Since(start), err}
 	}()
+	probe := startCPUProbe(g.cmd.Process.Pid)
 	out, err := g.shell(ctx, fmt.Sprintf("agent tcpsend %s:%d %d", hostIP, recvPort, b.c.netMiB), b.c.opTimeout)
+	cpu := probe.report()
 	if err != nil {
 		ln.SetDeadline(time.Now()) // ends a pending accept
 		<-got
@@ -380,6 +385,7 @@ func (b *boot) netTx(ctx context.Context, g *guest, ln *net.TCPListener) (benchf
 	if sent, err := parseAgent(out, benchfmt.TestNetTx); err == nil {
 		b.say("net-tx: the guest's own time to send and see the close: %v", sent.Elapsed.Round(time.Millisecond))
 	}
+	b.say("net-tx: %s", cpu)
 	return benchfmt.IOResult{Test: benchfmt.TestNetTx, OK: true, Bytes: rv.n, Elapsed: rv.d}, ""
 }
 
