@@ -106,7 +106,7 @@ type Device struct {
 type activation struct {
 	cancel  context.CancelFunc
 	tx      *virtio.Workers
-	rxKick  chan struct{}
+	rxKick  *virtio.Kick
 	rxDone  chan struct{} // closed when the receive goroutine ends
 	started bool          // the receive goroutine was started
 }
@@ -208,7 +208,7 @@ func (d *Device) Activate(ctx context.Context, env *virtio.Env) error {
 		return fmt.Errorf("virtio-net: set backend offloads: %w", err)
 	}
 	ctx, cancel := context.WithCancel(ctx)
-	a := &activation{cancel: cancel, rxKick: make(chan struct{}, 1), rxDone: make(chan struct{})}
+	a := &activation{cancel: cancel, rxKick: virtio.NewKick(ctx, env, RxQueue), rxDone: make(chan struct{})}
 	if len(env.Queues) > TxQueue && env.Queues[TxQueue] != nil {
 		txEnv := *env
 		txEnv.Queues = make([]*virtio.Queue, len(env.Queues))
@@ -238,10 +238,7 @@ func (d *Device) Notify(q int) {
 	}
 	switch q {
 	case RxQueue:
-		select {
-		case a.rxKick <- struct{}{}:
-		default:
-		}
+		a.rxKick.Notify()
 	case TxQueue:
 		if a.tx != nil {
 			a.tx.Notify(q)
@@ -315,7 +312,7 @@ type receiver struct {
 	dev  *Device
 	env  *virtio.Env
 	q    *virtio.Queue
-	kick <-chan struct{}
+	kick *virtio.Kick
 	buf  []byte
 	c    virtio.Chain
 	// unsignalled counts chains pushed since the last NeedsInterrupt.
@@ -415,10 +412,11 @@ func (r *receiver) nextChain(ctx context.Context) (bool, error) {
 			return false, err
 		}
 		if !more {
-			select {
-			case <-ctx.Done():
-				return false, nil
-			case <-r.kick:
+			if err := r.kick.Wait(ctx); err != nil {
+				if ctx.Err() != nil {
+					return false, nil
+				}
+				return false, err
 			}
 		}
 		if err := r.q.DisableNotify(); err != nil {
