@@ -26,7 +26,7 @@ const (
 	FHostTSO4  uint64 = 1 << 11 // VIRTIO_NET_F_HOST_TSO4
 	FHostTSO6  uint64 = 1 << 12 // VIRTIO_NET_F_HOST_TSO6
 	FHostECN   uint64 = 1 << 13 // VIRTIO_NET_F_HOST_ECN
-	FMrgRxbuf  uint64 = 1 << 15 // VIRTIO_NET_F_MRG_RXBUF (not offered)
+	FMrgRxbuf  uint64 = 1 << 15 // VIRTIO_NET_F_MRG_RXBUF
 	FStatus    uint64 = 1 << 16 // VIRTIO_NET_F_STATUS
 
 	// OffloadFeatures are the offloads a Backend may support.
@@ -136,7 +136,11 @@ func New(be Backend, opts Options) (*Device, error) {
 	default:
 		copy(d.mac[:], opts.MAC)
 	}
-	d.features = FMac | FStatus
+	// MRG_RXBUF lets the driver post small receive buffers and the device
+	// spread a large packet over several. Without it a driver that takes
+	// TSO must post 64 KiB chains (Linux: 17 pages each, "big packets"),
+	// and refills one for every ACK it receives.
+	d.features = FMac | FStatus | FMrgRxbuf
 	if !opts.NoOffloads {
 		d.features |= be.Offloads() & OffloadFeatures
 	}
@@ -217,7 +221,8 @@ func (d *Device) Activate(ctx context.Context, env *virtio.Env) error {
 		a.tx = virtio.StartWorkers(ctx, &txEnv, t.handle)
 	}
 	if len(env.Queues) > RxQueue && env.Queues[RxQueue] != nil {
-		r := &receiver{dev: d, env: env, q: env.Queues[RxQueue], kick: a.rxKick, buf: make([]byte, MaxPacket)}
+		r := &receiver{dev: d, env: env, q: env.Queues[RxQueue], kick: a.rxKick, buf: make([]byte, MaxPacket),
+			mergeable: env.Features&FMrgRxbuf != 0}
 		a.started = true
 		go func() {
 			defer close(a.rxDone)
@@ -314,7 +319,11 @@ type receiver struct {
 	q    *virtio.Queue
 	kick *virtio.Kick
 	buf  []byte
-	c    virtio.Chain
+	// mergeable is VIRTIO_NET_F_MRG_RXBUF: a packet may take several
+	// chains, chains[:n] for one packet, returned with used in one batch.
+	mergeable bool
+	chains    []virtio.Chain
+	used      []virtio.UsedElem
 	// unsignalled counts chains pushed since the last NeedsInterrupt.
 	unsignalled int
 }
@@ -355,11 +364,8 @@ func (r *receiver) loop(ctx context.Context) error {
 			d.stats.rxDropped.Add(1)
 			continue
 		}
-		ok, err := r.nextChain(ctx)
+		ok, err := r.deliver(ctx, r.buf[:n])
 		if err != nil || !ok {
-			return err
-		}
-		if err := r.deliver(r.buf[:n]); err != nil {
 			return err
 		}
 		if r.unsignalled >= rxBatch {
@@ -371,36 +377,66 @@ func (r *receiver) loop(ctx context.Context) error {
 	return nil
 }
 
-// deliver copies pkt into the popped chain r.c and returns the chain.
-func (r *receiver) deliver(pkt []byte) error {
+// deliver copies pkt into as many receive chains as it needs (one without
+// VIRTIO_NET_F_MRG_RXBUF), waiting for the driver to post them, and
+// returns them to the driver together. It reports false when ctx ended
+// while it waited. A packet that does not fit is dropped and the chains
+// it took are returned empty.
+func (r *receiver) deliver(ctx context.Context, pkt []byte) (bool, error) {
 	d := r.dev
-	var written uint32
-	if uint64(len(pkt)) > r.c.WritableLen {
-		d.stats.rxDropped.Add(1)
-		d.log.Debug("virtio-net: receive buffer too small", "packet", len(pkt), "buffer", r.c.WritableLen)
-	} else {
-		// num_buffers is 1 without VIRTIO_NET_F_MRG_RXBUF (§5.1.6.4).
-		binary.LittleEndian.PutUint16(pkt[10:], 1)
-		w, err := r.c.WriteAt(pkt, 0)
-		if err != nil {
-			return fmt.Errorf("virtio-net: receive: %w", err)
+	// At most one queue's worth of chains: the driver cannot have posted
+	// more, and a driver that posts empty chains cannot keep us here.
+	limit := 1
+	if r.mergeable {
+		limit = int(r.q.Size())
+	}
+	n := 0
+	var room uint64
+	for room < uint64(len(pkt)) && n < limit {
+		if n == len(r.chains) {
+			r.chains = append(r.chains, virtio.Chain{})
 		}
-		written = uint32(w)
+		ok, err := r.nextChain(ctx, &r.chains[n])
+		if err != nil || !ok {
+			return ok, err
+		}
+		room += r.chains[n].WritableLen
+		n++
+	}
+	r.used = r.used[:0]
+	if room < uint64(len(pkt)) {
+		d.stats.rxDropped.Add(1)
+		d.log.Debug("virtio-net: receive buffers too small", "packet", len(pkt), "buffers", room)
+		for _, c := range r.chains[:n] {
+			r.used = append(r.used, virtio.UsedElem{Head: c.Head})
+		}
+	} else {
+		// num_buffers: how many chains the packet took (§5.1.6.4).
+		binary.LittleEndian.PutUint16(pkt[10:], uint16(n))
+		rest := pkt
+		for _, c := range r.chains[:n] {
+			w, err := c.WriteAt(rest, 0)
+			if err != nil {
+				return false, fmt.Errorf("virtio-net: receive: %w", err)
+			}
+			rest = rest[w:]
+			r.used = append(r.used, virtio.UsedElem{Head: c.Head, Len: uint32(w)})
+		}
 		d.stats.rxPackets.Add(1)
 		d.stats.rxBytes.Add(uint64(len(pkt) - HeaderLen))
 	}
-	if err := r.q.Push(r.c.Head, written); err != nil {
-		return err
+	if err := r.q.PushBatch(r.used); err != nil {
+		return false, err
 	}
-	r.unsignalled++
-	return nil
+	r.unsignalled += n
+	return true, nil
 }
 
-// nextChain pops a receive chain into r.c, waiting for the driver to post
+// nextChain pops a receive chain into c, waiting for the driver to post
 // one. It reports false when ctx ends first.
-func (r *receiver) nextChain(ctx context.Context) (bool, error) {
+func (r *receiver) nextChain(ctx context.Context, c *virtio.Chain) (bool, error) {
 	for {
-		ok, err := r.q.Pop(&r.c)
+		ok, err := r.q.Pop(c)
 		if err != nil || ok {
 			return ok, err
 		}
