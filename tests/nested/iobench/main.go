@@ -86,6 +86,8 @@ type config struct {
 	opTimeout        time.Duration
 	vmms             []string
 	verbose, summary bool
+	// cpuProfile: profile gvmm's first boot and print the profile.
+	cpuProfile bool
 }
 
 func main() {
@@ -109,6 +111,7 @@ func main() {
 	vmms := fs.String("vmms", "gvmm,qemu", "comma-separated VMMs: gvmm, qemu (QEMU -M pc)")
 	fs.BoolVar(&c.verbose, "v", false, "relay every boot's console")
 	fs.BoolVar(&c.summary, "summary", false, "print a table at the end (the harness prints its own)")
+	fs.BoolVar(&c.cpuProfile, "cpuprofile", false, "CPU-profile gvmm's first boot (GVMM_CPUPROFILE) and print the profile, base64, between "+profileBegin+" and "+profileEnd+" lines")
 	fs.Parse(os.Args[1:])
 	c.vmms = strings.Split(*vmms, ",")
 	if fs.NArg() > 0 || c.runs < 1 || c.reps < 1 || c.diskMiB < 1 || c.netMiB < 1 || c.kernel == "" || c.initrd == "" {
@@ -239,7 +242,14 @@ func (b *boot) run(ctx context.Context, emit func(benchfmt.IOResult)) {
 	defer os.Remove(img)
 	tap := fmt.Sprintf("iob%s%d", b.vmm[:1], b.round)
 	argv, _ := b.c.argv(b.vmm, img, tap)
-	g, err := startGuest(argv, b.c.env(b.vmm), b.w, fmt.Sprintf("%s %d", b.vmm, b.round), b.c.verbose)
+	env := b.c.env(b.vmm)
+	profile := ""
+	if b.c.cpuProfile && b.vmm == "gvmm" && b.round == 1 {
+		profile = filepath.Join(b.c.dir, "iobench-gvmm.pprof")
+		env = append(env, "GVMM_CPUPROFILE="+profile)
+		defer dumpProfile(b.w, profile)
+	}
+	g, err := startGuest(argv, env, b.w, fmt.Sprintf("%s %d", b.vmm, b.round), b.c.verbose)
 	if err != nil {
 		b.failAll(emit, err.Error())
 		return
