@@ -107,7 +107,7 @@ func (w *Workers) Stop() {
 func runQueue(ctx context.Context, env *Env, qi int, q *Queue, kick *Kick, h Handler) {
 	var c Chain
 	for {
-		err := drain(ctx, env, qi, q, &c, h)
+		err := DrainQueue(ctx, env, qi, q, &c, h)
 		if err == nil {
 			err = kick.Wait(ctx)
 		}
@@ -120,9 +120,11 @@ func runQueue(ctx context.Context, env *Env, qi int, q *Queue, kick *Kick, h Han
 	}
 }
 
-// drain processes chains until the queue is empty with notifications
-// re-enabled, signalling the driver after each batch as it asks.
-func drain(ctx context.Context, env *Env, qi int, q *Queue, c *Chain, h Handler) error {
+// DrainQueue processes queue qi's chains with h until the queue is empty
+// with notifications re-enabled, signalling the driver after each batch
+// as it asks. c is scratch space. Workers call it on each kick; a device
+// with its own event loop may call it instead.
+func DrainQueue(ctx context.Context, env *Env, qi int, q *Queue, c *Chain, h Handler) error {
 	for ctx.Err() == nil {
 		if err := q.DisableNotify(); err != nil {
 			return err

@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"os"
+	"syscall"
 
 	"golang.org/x/sys/unix"
 )
@@ -18,8 +19,9 @@ import (
 // pass the notification on: on a loaded host every such hop is a thread
 // wakeup, and in the networking path it is paid per packet.
 type Doorbell struct {
-	fd int      // the eventfd, for KVM_IOEVENTFD
-	f  *os.File // the same fd, non-blocking, in the runtime's poller
+	fd int             // the eventfd, for KVM_IOEVENTFD
+	f  *os.File        // the same fd, non-blocking, in the runtime's poller
+	rc syscall.RawConn // f's, for Clear
 }
 
 // NewDoorbell makes a doorbell (eventfd(2), non-blocking, close-on-exec).
@@ -28,7 +30,13 @@ func NewDoorbell() (*Doorbell, error) {
 	if err != nil {
 		return nil, fmt.Errorf("virtio: doorbell eventfd: %w", err)
 	}
-	return &Doorbell{fd: fd, f: os.NewFile(uintptr(fd), "virtio-doorbell")}, nil
+	f := os.NewFile(uintptr(fd), "virtio-doorbell")
+	rc, err := f.SyscallConn()
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("virtio: doorbell: %w", err)
+	}
+	return &Doorbell{fd: fd, f: f, rc: rc}, nil
 }
 
 // FD is the eventfd's descriptor, for KVM_IOEVENTFD. It stays valid until
@@ -50,6 +58,23 @@ func (d *Doorbell) Wait() error {
 	var b [8]byte
 	if _, err := d.f.Read(b[:]); err != nil {
 		return fmt.Errorf("virtio: doorbell: %w", err)
+	}
+	return nil
+}
+
+// Clear consumes the rings without waiting, for a caller that waits for
+// the doorbell in its own epoll set (FD) rather than with Wait.
+func (d *Doorbell) Clear() error {
+	var rerr error
+	if err := d.rc.Read(func(fd uintptr) bool {
+		var b [8]byte
+		_, rerr = unix.Read(int(fd), b[:])
+		return true
+	}); err != nil {
+		return fmt.Errorf("virtio: doorbell: %w", err)
+	}
+	if rerr != nil && rerr != unix.EAGAIN {
+		return fmt.Errorf("virtio: doorbell: read: %w", rerr)
 	}
 	return nil
 }

@@ -105,7 +105,8 @@ type Device struct {
 // activation is what one Activate started; Reset stops it.
 type activation struct {
 	cancel  context.CancelFunc
-	tx      *virtio.Workers
+	tx      *virtio.Workers // nil with the event loop
+	txKick  *virtio.Kick    // the event loop's transmit kick, else nil
 	rxKick  *virtio.Kick
 	rxDone  chan struct{} // closed when the receive goroutine ends
 	started bool          // the receive goroutine was started
@@ -213,6 +214,18 @@ func (d *Device) Activate(ctx context.Context, env *virtio.Env) error {
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	a := &activation{cancel: cancel, rxKick: virtio.NewKick(ctx, env, RxQueue), rxDone: make(chan struct{})}
+	if l := d.eventLoop(env); l != nil {
+		// Notifications that come as calls ring the doorbells the loop
+		// waits on.
+		a.txKick = virtio.NewKick(ctx, env, TxQueue)
+		a.started = true
+		go func() {
+			defer close(a.rxDone)
+			l.run(ctx)
+		}()
+		d.run = a
+		return nil
+	}
 	if len(env.Queues) > TxQueue && env.Queues[TxQueue] != nil {
 		txEnv := *env
 		txEnv.Queues = make([]*virtio.Queue, len(env.Queues))
@@ -221,8 +234,7 @@ func (d *Device) Activate(ctx context.Context, env *virtio.Env) error {
 		a.tx = virtio.StartWorkers(ctx, &txEnv, t.handle)
 	}
 	if len(env.Queues) > RxQueue && env.Queues[RxQueue] != nil {
-		r := &receiver{dev: d, env: env, q: env.Queues[RxQueue], kick: a.rxKick, buf: make([]byte, MaxPacket),
-			mergeable: env.Features&FMrgRxbuf != 0}
+		r := d.newReceiver(env, a.rxKick)
 		a.started = true
 		go func() {
 			defer close(a.rxDone)
@@ -231,6 +243,31 @@ func (d *Device) Activate(ctx context.Context, env *virtio.Env) error {
 	}
 	d.run = a
 	return nil
+}
+
+func (d *Device) newReceiver(env *virtio.Env, kick *virtio.Kick) *receiver {
+	return &receiver{dev: d, env: env, q: env.Queues[RxQueue], kick: kick, buf: make([]byte, MaxPacket),
+		mergeable: env.Features&FMrgRxbuf != 0}
+}
+
+// eventLoop returns the loop that serves both queues from one goroutine
+// when the backend can be polled (PollBackend), the driver enabled both
+// queues and the transport has their doorbells; nil otherwise.
+func (d *Device) eventLoop(env *virtio.Env) *eventLoop {
+	pb, ok := d.be.(PollBackend)
+	if !ok || len(env.Queues) <= TxQueue || len(env.Doorbells) <= TxQueue {
+		return nil
+	}
+	txq, rxq := env.Queues[TxQueue], env.Queues[RxQueue]
+	txBell, rxBell := env.Doorbells[TxQueue], env.Doorbells[RxQueue]
+	if txq == nil || rxq == nil || txBell == nil || rxBell == nil {
+		return nil
+	}
+	return &eventLoop{
+		dev: d, env: env, txq: txq, fd: pb.PollFD(), txBell: txBell, rxBell: rxBell,
+		tx: &transmitter{dev: d, mem: env.Mem},
+		rx: d.newReceiver(env, nil),
+	}
 }
 
 // Notify implements virtio.Device.
@@ -245,6 +282,9 @@ func (d *Device) Notify(q int) {
 	case RxQueue:
 		a.rxKick.Notify()
 	case TxQueue:
+		if a.txKick != nil {
+			a.txKick.Notify()
+		}
 		if a.tx != nil {
 			a.tx.Notify(q)
 		}
@@ -312,7 +352,10 @@ func (t *transmitter) handle(_ context.Context, _ int, c *virtio.Chain) (uint32,
 	return 0, nil
 }
 
-// receiver owns the receive queue of one activation.
+// receiver owns the receive queue of one activation. It moves packets
+// from the backend into the driver's buffers in steps (pump) that never
+// block, so that one goroutine can also serve the transmit queue
+// (eventLoop); loop is the goroutine that only receives.
 type receiver struct {
 	dev  *Device
 	env  *virtio.Env
@@ -324,9 +367,28 @@ type receiver struct {
 	mergeable bool
 	chains    []virtio.Chain
 	used      []virtio.UsedElem
+	// pkt is the packet being delivered (a prefix of buf), nil when none;
+	// n chains are taken for it so far, holding room bytes.
+	pkt  []byte
+	n    int
+	room uint64
 	// unsignalled counts chains pushed since the last NeedsInterrupt.
 	unsignalled int
 }
+
+// pumpState is why pump stopped.
+type pumpState int
+
+const (
+	// pumpIdle: the backend has no packet waiting.
+	pumpIdle pumpState = iota
+	// pumpNeedBuffers: a packet waits for the driver's buffers, and the
+	// driver was asked to notify when it posts some.
+	pumpNeedBuffers
+	// pumpBackendError: the backend failed (counted and logged); try
+	// again after errBackoff.
+	pumpBackendError
+)
 
 func (r *receiver) run(ctx context.Context) {
 	if err := r.loop(ctx); err != nil && ctx.Err() == nil {
@@ -342,47 +404,77 @@ func (r *receiver) loop(ctx context.Context) error {
 		return err
 	}
 	for ctx.Err() == nil {
-		n, err := d.be.ReadPacket(r.buf)
-		switch {
-		case errors.Is(err, ErrWouldBlock):
-			if err := r.flush(); err != nil {
-				return err
-			}
+		st, err := r.pump()
+		if err != nil {
+			return err
+		}
+		switch st {
+		case pumpIdle:
 			if err := d.be.WaitPacket(ctx); err != nil && ctx.Err() == nil {
 				d.stats.rxErrors.Add(1)
 				d.log.Warn("virtio-net: backend wait", "err", err)
 				sleep(ctx, errBackoff)
 			}
-			continue
-		case err != nil:
-			d.stats.rxErrors.Add(1)
-			d.log.Warn("virtio-net: backend read", "err", err)
-			sleep(ctx, errBackoff)
-			continue
-		}
-		if n < HeaderLen {
-			d.stats.rxDropped.Add(1)
-			continue
-		}
-		ok, err := r.deliver(ctx, r.buf[:n])
-		if err != nil || !ok {
-			return err
-		}
-		if r.unsignalled >= rxBatch {
-			if err := r.flush(); err != nil {
+		case pumpNeedBuffers:
+			if err := r.kick.Wait(ctx); err != nil {
+				if ctx.Err() != nil {
+					return nil
+				}
 				return err
 			}
+			if err := r.q.DisableNotify(); err != nil {
+				return err
+			}
+		case pumpBackendError:
+			sleep(ctx, errBackoff)
 		}
 	}
 	return nil
 }
 
-// deliver copies pkt into as many receive chains as it needs (one without
-// VIRTIO_NET_F_MRG_RXBUF), waiting for the driver to post them, and
-// returns them to the driver together. It reports false when ctx ended
-// while it waited. A packet that does not fit is dropped and the chains
-// it took are returned empty.
-func (r *receiver) deliver(ctx context.Context, pkt []byte) (bool, error) {
+// pump delivers packets until the backend has none or the driver's
+// buffers run out, raising the interrupt before it stops. It never blocks
+// and returns an error only when the queue broke.
+func (r *receiver) pump() (pumpState, error) {
+	d := r.dev
+	for {
+		if r.pkt == nil {
+			n, err := d.be.ReadPacket(r.buf)
+			switch {
+			case errors.Is(err, ErrWouldBlock):
+				return pumpIdle, r.flush()
+			case err != nil:
+				d.stats.rxErrors.Add(1)
+				d.log.Warn("virtio-net: backend read", "err", err)
+				return pumpBackendError, r.flush()
+			case n < HeaderLen:
+				d.stats.rxDropped.Add(1)
+				continue
+			}
+			r.pkt = r.buf[:n]
+		}
+		ok, err := r.deliver()
+		if err != nil {
+			return 0, err
+		}
+		if !ok {
+			return pumpNeedBuffers, nil
+		}
+		if r.unsignalled >= rxBatch {
+			if err := r.flush(); err != nil {
+				return 0, err
+			}
+		}
+	}
+}
+
+// deliver copies r.pkt into as many receive chains as it needs (one
+// without VIRTIO_NET_F_MRG_RXBUF) and returns them to the driver
+// together. When the driver has posted too few, it keeps the chains taken
+// so far, raises the interrupt, asks to be notified and reports false; a
+// later call goes on from there. A packet that does not fit in the most
+// chains it may take is dropped and those chains returned empty.
+func (r *receiver) deliver() (bool, error) {
 	d := r.dev
 	// At most one queue's worth of chains: the driver cannot have posted
 	// more, and a driver that posts empty chains cannot keep us here.
@@ -390,23 +482,36 @@ func (r *receiver) deliver(ctx context.Context, pkt []byte) (bool, error) {
 	if r.mergeable {
 		limit = int(r.q.Size())
 	}
-	n := 0
-	var room uint64
-	for room < uint64(len(pkt)) && n < limit {
-		if n == len(r.chains) {
+	for r.room < uint64(len(r.pkt)) && r.n < limit {
+		if r.n == len(r.chains) {
 			r.chains = append(r.chains, virtio.Chain{})
 		}
-		ok, err := r.nextChain(ctx, &r.chains[n])
-		if err != nil || !ok {
-			return ok, err
+		ok, err := r.q.Pop(&r.chains[r.n])
+		if err != nil {
+			return false, err
 		}
-		room += r.chains[n].WritableLen
-		n++
+		if !ok {
+			if err := r.flush(); err != nil {
+				return false, err
+			}
+			more, err := r.q.EnableNotify()
+			if err != nil || !more {
+				return false, err
+			}
+			if err := r.q.DisableNotify(); err != nil {
+				return false, err
+			}
+			continue
+		}
+		r.room += r.chains[r.n].WritableLen
+		r.n++
 	}
+	pkt, n := r.pkt, r.n
+	r.pkt, r.n, r.room = nil, 0, 0
 	r.used = r.used[:0]
-	if room < uint64(len(pkt)) {
+	if chainRoom(r.chains[:n]) < uint64(len(pkt)) {
 		d.stats.rxDropped.Add(1)
-		d.log.Debug("virtio-net: receive buffers too small", "packet", len(pkt), "buffers", room)
+		d.log.Debug("virtio-net: receive buffers too small", "packet", len(pkt), "chains", n)
 		for _, c := range r.chains[:n] {
 			r.used = append(r.used, virtio.UsedElem{Head: c.Head})
 		}
@@ -432,33 +537,13 @@ func (r *receiver) deliver(ctx context.Context, pkt []byte) (bool, error) {
 	return true, nil
 }
 
-// nextChain pops a receive chain into c, waiting for the driver to post
-// one. It reports false when ctx ends first.
-func (r *receiver) nextChain(ctx context.Context, c *virtio.Chain) (bool, error) {
-	for {
-		ok, err := r.q.Pop(c)
-		if err != nil || ok {
-			return ok, err
-		}
-		if err := r.flush(); err != nil {
-			return false, err
-		}
-		more, err := r.q.EnableNotify()
-		if err != nil {
-			return false, err
-		}
-		if !more {
-			if err := r.kick.Wait(ctx); err != nil {
-				if ctx.Err() != nil {
-					return false, nil
-				}
-				return false, err
-			}
-		}
-		if err := r.q.DisableNotify(); err != nil {
-			return false, err
-		}
+// chainRoom is the writable room of chains.
+func chainRoom(chains []virtio.Chain) uint64 {
+	var n uint64
+	for _, c := range chains {
+		n += c.WritableLen
 	}
+	return n
 }
 
 // flush raises the receive interrupt for chains pushed since the last

@@ -26,6 +26,7 @@ type TAPOptions struct {
 // created disappears then.
 type TAP struct {
 	name string
+	fd   int      // f's descriptor, for PollFD
 	f    *os.File // non-blocking, in the runtime's poller
 	rc   syscall.RawConn
 	// offloads are the OffloadFeatures the kernel's TAP can carry.
@@ -34,7 +35,7 @@ type TAP struct {
 	created bool
 }
 
-var _ Backend = (*TAP)(nil)
+var _ PollBackend = (*TAP)(nil)
 
 // OpenTAP opens the TAP interface name, creating it when no interface has
 // that name, and brings it up (through netlink), attached to
@@ -78,7 +79,7 @@ func OpenTAP(name string, opts TAPOptions) (*TAP, error) {
 		}
 		return nil, fmt.Errorf("virtio-net: TAP %q: open %s: %w", name, tunPath, err)
 	}
-	t := &TAP{name: name, created: existing == nil}
+	t := &TAP{name: name, fd: fd, created: existing == nil}
 	if err := t.setup(fd); err != nil {
 		unix.Close(fd)
 		return nil, err
@@ -241,6 +242,9 @@ func (t *TAP) WritePacket(bufs [][]byte) error {
 	}
 	return nil
 }
+
+// PollFD implements PollBackend: the TAP's descriptor, valid until Close.
+func (t *TAP) PollFD() int { return t.fd }
 
 // Offloads implements Backend.
 func (t *TAP) Offloads() uint64 { return t.offloads }
