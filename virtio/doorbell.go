@@ -14,19 +14,22 @@ import (
 // queue's notification register with KVM_IOEVENTFD, so a driver's
 // notification increments it without leaving the kernel, and hands it to
 // the transport (PCIOptions.Doorbells); the queue's worker then waits on it
-// itself. A notification therefore wakes the worker straight from the Go
-// runtime's poller, with no goroutine in between to read the eventfd and
-// pass the notification on: on a loaded host every such hop is a thread
-// wakeup, and in the networking path it is paid per packet.
+// itself: in a blocking read (Wait), or in its own epoll set (FD, then
+// Clear). A notification therefore wakes exactly the worker's thread, with
+// no goroutine in between to read the eventfd and pass the notification
+// on: on a loaded host every such hop is a thread wakeup, and in the
+// networking path it is paid per packet. The eventfd is blocking, so it is
+// not in the Go runtime's poller either, which would otherwise wake its
+// polling thread on every kick for nothing.
 type Doorbell struct {
-	fd int             // the eventfd, for KVM_IOEVENTFD
-	f  *os.File        // the same fd, non-blocking, in the runtime's poller
+	fd int             // the eventfd, for KVM_IOEVENTFD and epoll
+	f  *os.File        // the same fd, blocking, not in the runtime's poller
 	rc syscall.RawConn // f's, for Clear
 }
 
-// NewDoorbell makes a doorbell (eventfd(2), non-blocking, close-on-exec).
+// NewDoorbell makes a doorbell (eventfd(2), blocking, close-on-exec).
 func NewDoorbell() (*Doorbell, error) {
-	fd, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
+	fd, err := unix.Eventfd(0, unix.EFD_CLOEXEC)
 	if err != nil {
 		return nil, fmt.Errorf("virtio: doorbell eventfd: %w", err)
 	}
@@ -48,12 +51,11 @@ func (d *Doorbell) FD() int { return d.fd }
 func (d *Doorbell) Ring() {
 	var one [8]byte
 	binary.NativeEndian.PutUint64(one[:], 1)
-	d.f.Write(one[:]) // EAGAIN only at a count of 2^64-2: already rung
+	d.f.Write(one[:]) // would block only at a count of 2^64-2
 }
 
 // Wait blocks until the doorbell has been rung since the previous Wait
-// returned, and consumes the rings. It fails only once the doorbell is
-// closed.
+// returned, and consumes the rings. It fails on a closed doorbell.
 func (d *Doorbell) Wait() error {
 	var b [8]byte
 	if _, err := d.f.Read(b[:]); err != nil {
@@ -62,8 +64,10 @@ func (d *Doorbell) Wait() error {
 	return nil
 }
 
-// Clear consumes the rings without waiting, for a caller that waits for
-// the doorbell in its own epoll set (FD) rather than with Wait.
+// Clear consumes the rings, for a caller that waits for the doorbell in
+// its own epoll set (FD) rather than with Wait. Call it only when epoll
+// reported the doorbell readable and nobody else reads it: it blocks when
+// the doorbell was not rung.
 func (d *Doorbell) Clear() error {
 	var rerr error
 	if err := d.rc.Read(func(fd uintptr) bool {
@@ -73,13 +77,15 @@ func (d *Doorbell) Clear() error {
 	}); err != nil {
 		return fmt.Errorf("virtio: doorbell: %w", err)
 	}
-	if rerr != nil && rerr != unix.EAGAIN {
+	if rerr != nil {
 		return fmt.Errorf("virtio: doorbell: read: %w", rerr)
 	}
 	return nil
 }
 
-// Close releases the eventfd; a Wait in progress returns an error.
+// Close releases the eventfd. A Wait in progress is not interrupted (the
+// read blocks in the kernel): close a doorbell only once its workers have
+// stopped, as the VMM does after PCI.Close. A Wait after Close fails.
 func (d *Doorbell) Close() error {
 	if err := d.f.Close(); err != nil {
 		return fmt.Errorf("virtio: close doorbell: %w", err)
