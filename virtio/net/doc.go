@@ -42,7 +42,8 @@
 // waits), and copies the packet in with virtio.Chain.WriteAt, which marks
 // every byte dirty. It raises the queue's interrupt (as event-index
 // suppression allows) when the backend has nothing more to read, before it
-// waits for buffers, and at least every rxBatch chains.
+// waits for buffers, and at least every rxBatch packets; the event loop
+// serves transmit between such batches.
 //
 // # Threat model
 //

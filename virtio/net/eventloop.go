@@ -124,8 +124,11 @@ func (l *eventLoop) loop(ctx context.Context) error {
 				return err
 			}
 			rxWaiting = st == pumpNeedBuffers
-			if st == pumpBackendError {
+			switch st {
+			case pumpBackendError:
 				timeout = int(errBackoff.Milliseconds())
+			case pumpMore:
+				timeout = 0 // serve transmit, then receive again
 			}
 		}
 		txKicked, rxKicked, rxReady = false, false, timeout >= 0

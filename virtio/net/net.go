@@ -51,7 +51,8 @@ const (
 	// virtio_net_config.
 	configSize = 10
 	// rxBatch bounds how many packets the device receives before it
-	// raises an interrupt, so a busy backend does not starve the guest.
+	// raises an interrupt, so a busy backend does not starve the guest,
+	// and, in the event loop, before it serves transmit again.
 	rxBatch = 64
 	// maxIovecs is IOV_MAX; longer transmit chains are copied first.
 	maxIovecs = 1024
@@ -388,6 +389,9 @@ const (
 	// pumpBackendError: the backend failed (counted and logged); try
 	// again after errBackoff.
 	pumpBackendError
+	// pumpMore: rxBatch packets were delivered and more may wait; call
+	// pump again (after serving transmit, in the event loop).
+	pumpMore
 )
 
 func (r *receiver) run(ctx context.Context) {
@@ -427,17 +431,21 @@ func (r *receiver) loop(ctx context.Context) error {
 			}
 		case pumpBackendError:
 			sleep(ctx, errBackoff)
+		case pumpMore:
 		}
 	}
 	return nil
 }
 
-// pump delivers packets until the backend has none or the driver's
-// buffers run out, raising the interrupt before it stops. It never blocks
-// and returns an error only when the queue broke.
+// pump delivers packets until the backend has none, the driver's buffers
+// run out or it delivered rxBatch packets, raising the interrupt before it
+// stops. It never blocks and returns an error only when the queue broke.
 func (r *receiver) pump() (pumpState, error) {
 	d := r.dev
-	for {
+	for budget := rxBatch; ; budget-- {
+		if budget == 0 {
+			return pumpMore, r.flush()
+		}
 		if r.pkt == nil {
 			n, err := d.be.ReadPacket(r.buf)
 			switch {
@@ -459,11 +467,6 @@ func (r *receiver) pump() (pumpState, error) {
 		}
 		if !ok {
 			return pumpNeedBuffers, nil
-		}
-		if r.unsignalled >= rxBatch {
-			if err := r.flush(); err != nil {
-				return 0, err
-			}
 		}
 	}
 }
