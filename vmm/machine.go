@@ -143,8 +143,10 @@ type Machine struct {
 	// quiesced says devices hold still (Quiesce); guarded by pauseMu.
 	quiesced bool
 
-	// guard is the protected-memory registry (memguard); set by New.
-	guard *memguard.Guard
+	// guard is the protected-memory registry (memguard); set by New,
+	// replaced by RestoreState. guardCfg is what it was made with.
+	guard    atomic.Pointer[memguard.Guard]
+	guardCfg memguard.Config
 	// readOnlyMem says KVM has KVM_CAP_READONLY_MEM.
 	readOnlyMem bool
 	// layoutMu serializes changes of the RAM slots and guards slots,
@@ -152,8 +154,10 @@ type Machine struct {
 	layoutMu sync.Mutex
 	// slots are the KVM memory slots over RAM, in guest-physical order.
 	slots []ramSlot
-	// layoutGen is the guard's layout generation slots reflect.
-	layoutGen uint64
+	// layoutGuard and layoutGen are the guard and its layout generation
+	// that slots reflect.
+	layoutGuard *memguard.Guard
+	layoutGen   uint64
 	// dirtyLogging says KVM logs dirty pages on every RAM slot.
 	dirtyLogging bool
 	// lostDirty holds, per RAM region, the dirty logs of slots deleted

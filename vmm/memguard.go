@@ -50,22 +50,40 @@ func (m *Machine) newGuard(injectFaults bool) error {
 	if err != nil {
 		return err
 	}
-	m.guard = g
+	m.guardCfg = cfg
+	m.guard.Store(g)
+	m.layoutGuard = g
 	_, m.layoutGen, _ = g.Slots()
 	return nil
 }
 
-// Memguard returns the machine's protected-memory registry.
-func (m *Machine) Memguard() *memguard.Guard { return m.guard }
+// Memguard returns the machine's protected-memory registry. RestoreState
+// replaces it.
+func (m *Machine) Memguard() *memguard.Guard { return m.guard.Load() }
 
 // runGuard checks owners and measures regions every memguardPeriod until
-// ctx ends, applying the layout when owners were released.
+// ctx ends, applying the layout when owners were released (what
+// memguard.Guard.Run does, on whichever guard the machine has now).
 func (m *Machine) runGuard(ctx context.Context) {
-	_ = m.guard.Run(ctx, memguardPeriod, func() {
-		if err := m.applyLayout(nil); err != nil {
-			m.end(0, err)
+	t := time.NewTicker(memguardPeriod)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
 		}
-	})
+		g := m.guard.Load()
+		if g.CheckOwners() > 0 {
+			if err := m.applyLayout(nil); err != nil {
+				m.end(0, err)
+				return
+			}
+		}
+		if _, err := g.MeasureAll("periodic"); err != nil {
+			m.log.Warn("memguard: periodic measurement", "err", err)
+		}
+	}
 }
 
 // guardContext is what memguard needs to know of the vCPU at an exit. The
@@ -93,7 +111,7 @@ func (v *vcpu) guardIO() error {
 	if err != nil {
 		return fmt.Errorf("vCPU %d: memguard request: %w", v.id, err)
 	}
-	res := v.m.guard.HandleIO(guardContext(v.id, &regs, &sregs), memguard.Regs{
+	res := v.m.guard.Load().HandleIO(guardContext(v.id, &regs, &sregs), memguard.Regs{
 		RAX: regs.RAX, RBX: regs.RBX, RCX: regs.RCX, RDX: regs.RDX, RSI: regs.RSI, RDI: regs.RDI,
 	})
 	regs.RAX, regs.RBX, regs.RCX, regs.RSI, regs.RDI = res.Regs.RAX, res.Regs.RBX, res.Regs.RCX, res.Regs.RSI, res.Regs.RDI
@@ -114,7 +132,7 @@ func (v *vcpu) guardIO() error {
 func (v *vcpu) guardMMIO(gpa uint64, data []byte, write bool) (bool, error) {
 	m := v.m
 	n := uint64(len(data))
-	if m.guard.Protected(gpa, n) {
+	if m.guard.Load().Protected(gpa, n) {
 		return v.guardAccess(gpa, data, write)
 	}
 	if _, err := m.mem.offset(gpa, n); err != nil {
@@ -139,7 +157,7 @@ func (v *vcpu) guardAccess(gpa uint64, data []byte, write bool) (bool, error) {
 	if err != nil {
 		return true, fmt.Errorf("vCPU %d: protected access: %w", v.id, err)
 	}
-	res := v.m.guard.HandleAccess(guardContext(v.id, &regs, &sregs), gpa, data, write)
+	res := v.m.guard.Load().HandleAccess(guardContext(v.id, &regs, &sregs), gpa, data, write)
 	if res.InjectFault {
 		v.injectGP()
 	}

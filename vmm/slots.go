@@ -136,17 +136,18 @@ const layoutHoldTimeout = 5 * time.Second
 func (m *Machine) applyLayout(self *vcpu) error {
 	m.layoutMu.Lock()
 	defer m.layoutMu.Unlock()
-	slots, gen, err := m.guard.Slots()
+	g := m.guard.Load()
+	slots, gen, err := g.Slots()
 	if err != nil {
 		return fmt.Errorf("memguard layout: %w", err)
 	}
-	if gen == m.layoutGen {
+	if g == m.layoutGuard && gen == m.layoutGen {
 		return nil
 	}
 	if err := m.changeSlots(self, slots); err != nil {
 		return fmt.Errorf("memguard layout: %w", err)
 	}
-	m.layoutGen = gen
+	m.layoutGuard, m.layoutGen = g, gen
 	return nil
 }
 

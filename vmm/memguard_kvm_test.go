@@ -1,0 +1,170 @@
+package vmm
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/gvmm/gvmm/memguard"
+	"github.com/gvmm/gvmm/vmm/vmmtest"
+)
+
+// Toy owner page tables in guest RAM: virtual guardVA maps guardGPA.
+const (
+	guardPML4 = 0x200000
+	guardVA   = 0x10000
+	guardGPA  = 0x400000
+)
+
+func writeOwnerTables(t *testing.T, mem *Memory) memguard.VCPUContext {
+	t.Helper()
+	put := func(gpa, v uint64) {
+		b := make([]byte, 8)
+		binary.LittleEndian.PutUint64(b, v)
+		if err := mem.WriteAt(b, gpa); err != nil {
+			t.Fatal(err)
+		}
+	}
+	const pdpt, pd, pt, userRW = guardPML4 + 0x1000, guardPML4 + 0x2000, guardPML4 + 0x3000, 7
+	put(guardPML4, pdpt|userRW)
+	put(pdpt, pd|userRW)
+	put(pd, pt|userRW)
+	put(pt+(guardVA>>12)*8, guardGPA|userRW)
+	return memguard.VCPUContext{CR0: cr0PG | cr0PE, CR3: guardPML4, CR4: cr4PAE, EFER: eferLMA | eferLME, CPL: 3}
+}
+
+// slotCovers reports whether some RAM slot of m maps gpa.
+func slotCovers(m *Machine, gpa uint64) bool {
+	m.layoutMu.Lock()
+	defer m.layoutMu.Unlock()
+	for _, s := range m.slots {
+		if gpa >= s.gpa && gpa-s.gpa < s.size {
+			return true
+		}
+	}
+	return false
+}
+
+// TestMemguardSaveRestore registers a confidential region through the
+// guard's port interface on a running machine, checks its page leaves the
+// slots while the guest keeps running, and moves the machine's state to an
+// incoming machine: the region, its owner and its contents come back and
+// its page is out of the destination's slots, while a destination whose
+// copy of the page differs refuses the state.
+func TestMemguardSaveRestore(t *testing.T) {
+	requireKVM(t)
+	kernel := filepath.Join(t.TempDir(), "bzImage")
+	if err := os.WriteFile(kernel, vmmtest.BzImage(counterCode, 1<<20), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	src, err := New(Config{KernelPath: kernel, MemoryBytes: MinMemory, CPUs: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer src.Close()
+	owner := writeOwnerTables(t, src.Memory())
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	srcRan := make(chan error, 1)
+	go func() { _, err := src.Run(ctx); srcRan <- err }()
+	const a = 0x30000
+	waitCounter(t, src, a, 0)
+
+	res := src.Memguard().HandleIO(owner, memguard.Regs{RAX: memguard.OpRegister, RBX: guardVA, RCX: pageSize,
+		RSI: uint64(memguard.Confidential), RDX: memguard.Port})
+	if int64(res.Regs.RAX) != 0 || !res.LayoutChanged {
+		t.Fatalf("register: RAX %d, layout changed %v", int64(res.Regs.RAX), res.LayoutChanged)
+	}
+	if err := src.applyLayout(nil); err != nil {
+		t.Fatal(err)
+	}
+	if slotCovers(src, guardGPA) || !slotCovers(src, guardGPA-pageSize) || !slotCovers(src, guardGPA+pageSize) {
+		t.Fatalf("slots %+v: want all RAM but the protected page", src.slots)
+	}
+	waitCounter(t, src, a, counter(t, src, a))
+	secret := []byte("secret!!")
+	if r := src.Memguard().HandleAccess(owner, guardGPA, secret, true); !r.Handled || r.Violation {
+		t.Fatalf("owner write: %+v", r)
+	}
+
+	if err := src.Pause(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := src.Quiesce(ctx); err != nil {
+		t.Fatal(err)
+	}
+	state, err := src.SaveState(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := src.Description().Config()
+	if err != nil {
+		t.Fatal(err)
+	}
+	restore := func(tamper bool) (*Machine, chan error, error) {
+		dst, err := New(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i, r := range src.Memory().Regions() {
+			copy(dst.Memory().Regions()[i].Data, r.Data)
+		}
+		if tamper {
+			if err := dst.Memory().WriteAt([]byte("changed!"), guardGPA); err != nil {
+				t.Fatal(err)
+			}
+		}
+		ran := make(chan error, 1)
+		go func() { _, err := dst.Run(ctx); ran <- err }()
+		if err := dst.Pause(ctx); err != nil {
+			t.Fatal(err)
+		}
+		return dst, ran, dst.RestoreState(ctx, state, RestoreOptions{})
+	}
+
+	bad, badRan, err := restore(true)
+	if !errors.Is(err, memguard.ErrMeasurementMismatch) {
+		t.Errorf("restore over a changed protected page: %v, want %v", err, memguard.ErrMeasurementMismatch)
+	}
+	bad.HandedOver()
+	<-badRan
+	bad.Close()
+
+	dst, dstRan, err := restore(false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dst.Close()
+	st := dst.Memguard().Status()
+	if len(st.Regions) != 1 || st.Regions[0].Mode != memguard.Confidential || st.Regions[0].Owner != guardPML4 || st.Regions[0].VA != guardVA {
+		t.Fatalf("restored regions %+v", st.Regions)
+	}
+	if slotCovers(dst, guardGPA) || !slotCovers(dst, guardGPA+pageSize) {
+		t.Fatalf("destination slots %+v: want all RAM but the protected page", dst.slots)
+	}
+	got := make([]byte, len(secret))
+	if r := dst.Memguard().HandleAccess(owner, guardGPA, got, false); !r.Handled || string(got) != string(secret) {
+		t.Fatalf("owner read on the destination: %q (%+v)", got, r)
+	}
+	kernel0 := owner
+	kernel0.CPL = 0
+	if r := dst.Memguard().HandleAccess(kernel0, guardGPA, got, false); !r.Violation || string(got) == string(secret) {
+		t.Fatalf("kernel read on the destination: %q (%+v)", got, r)
+	}
+	src.HandedOver()
+	if err := <-srcRan; err != nil {
+		t.Fatalf("source Run: %v", err)
+	}
+	stopped := counter(t, dst, a)
+	if err := dst.Resume(); err != nil {
+		t.Fatal(err)
+	}
+	waitCounter(t, dst, a, stopped)
+	cancel()
+	if err := <-dstRan; err != nil {
+		t.Fatalf("destination Run: %v", err)
+	}
+}
