@@ -22,6 +22,33 @@ type Status struct {
 	CPUs        int     `json:"cpus"`
 	MemoryBytes uint64  `json:"memory_bytes"`
 	UptimeSec   float64 `json:"uptime_seconds"`
+	// Memguard is the protected-memory registry; nil before the VM runs.
+	Memguard *MemguardStatus `json:"memguard,omitempty"`
+}
+
+// MemguardStatus is the VM's protected guest memory: its regions, the
+// accesses refused (Violations, including unexpected changes found by a
+// measurement) and the guest requests refused (Refusals).
+type MemguardStatus struct {
+	Regions        []MemguardRegion `json:"regions"`
+	Violations     uint64           `json:"violations"`
+	Refusals       uint64           `json:"refusals"`
+	ProtectedPages int              `json:"protected_pages"`
+}
+
+// MemguardRegion is one protected region. Owner is its owner's top-level
+// page-table address (its identity); Digest, hex SHA-256, and MeasuredAt
+// are the last measurement, empty before the first.
+type MemguardRegion struct {
+	ID         uint64    `json:"id"`
+	Mode       string    `json:"mode"`
+	Owner      uint64    `json:"owner"`
+	VA         uint64    `json:"va"`
+	Length     uint64    `json:"length"`
+	Locked     bool      `json:"locked"`
+	Violations uint64    `json:"violations"`
+	Digest     string    `json:"digest,omitempty"`
+	MeasuredAt time.Time `json:"measured_at,omitzero"`
 }
 
 // Machine is what the API controls.

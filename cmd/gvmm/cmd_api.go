@@ -1,13 +1,16 @@
 package main
 
 import (
+	"cmp"
 	"context"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
 	"sync"
 
 	"github.com/gvmm/gvmm/api"
+	"github.com/gvmm/gvmm/memguard"
 	"github.com/gvmm/gvmm/vmm"
 )
 
@@ -43,7 +46,23 @@ func (h *machineHolder) Status() api.Status {
 	if m == nil {
 		return api.Status{State: "starting"}
 	}
-	return api.Status(m.Status())
+	st := m.Status()
+	return api.Status{State: st.State, CPUs: st.CPUs, MemoryBytes: st.MemoryBytes, UptimeSec: st.UptimeSec,
+		Memguard: memguardStatus(m.Memguard().Status())}
+}
+
+// memguardStatus is the API's view of the protected-memory registry.
+func memguardStatus(g memguard.Status) *api.MemguardStatus {
+	out := &api.MemguardStatus{Regions: []api.MemguardRegion{}, Violations: g.Violations, Refusals: g.Refusals, ProtectedPages: g.Protected}
+	for _, r := range g.Regions {
+		ar := api.MemguardRegion{ID: r.ID, Mode: r.Mode.String(), Owner: r.Owner, VA: r.VA, Length: r.Length,
+			Locked: r.Locked, Violations: r.Violations}
+		if r.Last != nil {
+			ar.Digest, ar.MeasuredAt = hex.EncodeToString(r.Last.Digest[:]), r.Last.Time
+		}
+		out.Regions = append(out.Regions, ar)
+	}
+	return out
 }
 
 func (h *machineHolder) Pause(ctx context.Context) error {
@@ -139,6 +158,14 @@ func apiCmd(name string, call func(*api.Client, context.Context) (api.Status, er
 			return err
 		}
 		fmt.Fprintf(e.stdout, "state=%s cpus=%d memory=%s uptime=%.1fs\n", st.State, st.CPUs, vmm.FormatSize(st.MemoryBytes), st.UptimeSec)
+		if g := st.Memguard; g != nil {
+			fmt.Fprintf(e.stdout, "memguard regions=%d protected_pages=%d violations=%d refusals=%d\n",
+				len(g.Regions), g.ProtectedPages, g.Violations, g.Refusals)
+			for _, r := range g.Regions {
+				fmt.Fprintf(e.stdout, "memguard region id=%d mode=%s owner=%#x va=%#x len=%d locked=%v violations=%d digest=%s\n",
+					r.ID, r.Mode, r.Owner, r.VA, r.Length, r.Locked, r.Violations, cmp.Or(r.Digest, "-"))
+			}
+		}
 		return nil
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gvmm/gvmm/memguard"
 	"github.com/gvmm/gvmm/vmm"
 )
 
@@ -38,4 +39,38 @@ func TestHolderRetireWaitsForOperation(t *testing.T) {
 		t.Fatalf("begin after retire: %v, want errNoMachine", err)
 	}
 	h.retire() // nothing running: returns at once
+}
+
+func TestMemguardStatus(t *testing.T) {
+	at := time.Date(2026, 11, 26, 0, 0, 0, 0, time.UTC)
+	for _, tc := range []struct {
+		name    string
+		in      memguard.Status
+		regions int
+		digest  string
+	}{
+		{"empty", memguard.Status{}, 0, ""},
+		{"unmeasured", memguard.Status{Regions: []memguard.RegionStatus{{ID: 1, Mode: memguard.Confidential, VA: 0x1000, Length: 4096}}, Protected: 1}, 1, ""},
+		{"measured", memguard.Status{Regions: []memguard.RegionStatus{{ID: 2, Mode: memguard.Integrity, Violations: 3,
+			Last: &memguard.Measurement{Time: at, Digest: [32]byte{0xab}}}}, Violations: 3, Refusals: 1, Protected: 1}, 1,
+			"ab00000000000000000000000000000000000000000000000000000000000000"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got := memguardStatus(tc.in)
+			if got == nil || len(got.Regions) != tc.regions || got.Violations != tc.in.Violations ||
+				got.Refusals != tc.in.Refusals || got.ProtectedPages != tc.in.Protected {
+				t.Fatalf("memguardStatus(%+v) = %+v", tc.in, got)
+			}
+			if tc.regions == 0 {
+				return
+			}
+			r, in := got.Regions[0], tc.in.Regions[0]
+			if r.ID != in.ID || r.Mode != in.Mode.String() || r.VA != in.VA || r.Violations != in.Violations || r.Digest != tc.digest {
+				t.Errorf("region %+v from %+v", r, in)
+			}
+			if tc.digest != "" && !r.MeasuredAt.Equal(at) {
+				t.Errorf("measured at %v, want %v", r.MeasuredAt, at)
+			}
+		})
+	}
 }
