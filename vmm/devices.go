@@ -146,7 +146,7 @@ func (m *Machine) addVirtio(name string, dev virtio.Device, backend io.Closer) e
 	if bar+virtio.BARSize > pciMMIOEnd {
 		return fmt.Errorf("%s: no room left for its BAR in the PCI window", name)
 	}
-	p, err := virtio.NewPCI(dev, m.mem, &msiInterrupter{router: m.msi, log: m.log, name: name}, virtio.PCIOptions{
+	p, err := virtio.NewPCI(dev, deviceMemory{m}, &msiInterrupter{router: m.msi, log: m.log, name: name}, virtio.PCIOptions{
 		BARAddr: bar,
 		Log:     m.log.With("device", name),
 	})

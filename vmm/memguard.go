@@ -183,3 +183,20 @@ func (v *vcpu) injectGP() {
 		v.m.log.Error("memguard: cannot inject #GP", "vcpu", v.id, "err", err)
 	}
 }
+
+// deviceMemory is guest RAM as the emulated devices see it: through the
+// machine's current guard (memguard.Guard.DMA), so that a guest kernel
+// cannot have a device read a confidential page or write any protected
+// page for it. Each refusal is a violation; the device sees an error,
+// as for memory outside RAM.
+type deviceMemory struct{ m *Machine }
+
+func (d deviceMemory) Slice(gpa, n uint64) ([]byte, error) {
+	return d.m.guard.Load().DMA(d.m.mem).Slice(gpa, n)
+}
+
+func (d deviceMemory) WriteAt(p []byte, gpa uint64) error {
+	return d.m.guard.Load().DMA(d.m.mem).WriteAt(p, gpa)
+}
+
+func (d deviceMemory) MarkDirty(gpa, n uint64) { d.m.mem.MarkDirty(gpa, n) }

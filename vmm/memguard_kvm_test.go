@@ -50,10 +50,11 @@ func slotCovers(m *Machine, gpa uint64) bool {
 
 // TestMemguardSaveRestore registers a confidential region through the
 // guard's port interface on a running machine, checks its page leaves the
-// slots while the guest keeps running, and moves the machine's state to an
-// incoming machine: the region, its owner and its contents come back and
-// its page is out of the destination's slots, while a destination whose
-// copy of the page differs refuses the state.
+// slots while the guest keeps running and that devices cannot reach it,
+// and moves the machine's state to an incoming machine: the region, its
+// owner and its contents come back and its page is out of the
+// destination's slots, while a destination whose copy of the page differs
+// refuses the state.
 func TestMemguardSaveRestore(t *testing.T) {
 	requireKVM(t)
 	kernel := filepath.Join(t.TempDir(), "bzImage")
@@ -85,6 +86,16 @@ func TestMemguardSaveRestore(t *testing.T) {
 		t.Fatalf("slots %+v: want all RAM but the protected page", src.slots)
 	}
 	waitCounter(t, src, a, counter(t, src, a))
+	dev := deviceMemory{src}
+	if _, err := dev.Slice(guardGPA+pageSize-8, 16); !errors.Is(err, memguard.ErrProtectedDMA) {
+		t.Errorf("a device's view of the protected page: %v, want %v", err, memguard.ErrProtectedDMA)
+	}
+	if err := dev.WriteAt([]byte{1}, guardGPA); !errors.Is(err, memguard.ErrProtectedDMA) {
+		t.Errorf("a device's write to the protected page: %v, want %v", err, memguard.ErrProtectedDMA)
+	}
+	if _, err := dev.Slice(guardGPA+pageSize, pageSize); err != nil {
+		t.Errorf("a device's view of the next page: %v", err)
+	}
 	secret := []byte("secret!!")
 	if r := src.Memguard().HandleAccess(owner, guardGPA, secret, true); !r.Handled || r.Violation {
 		t.Fatalf("owner write: %+v", r)
