@@ -143,6 +143,10 @@ type Machine struct {
 	// quiesced says devices hold still (Quiesce); guarded by pauseMu.
 	quiesced bool
 
+	// svm says KVM runs on AMD SVM (kvm_amd), where restoring TR needs
+	// its busy bit cleared (see trForSetSregs).
+	svm bool
+
 	// guard is the protected-memory registry (memguard); set by New,
 	// replaced by RestoreState. guardCfg is what it was made with.
 	guard    atomic.Pointer[memguard.Guard]
@@ -495,6 +499,7 @@ func (m *Machine) createVCPUs(n int, boot bool) error {
 		}
 		if i == 0 {
 			m.guestCPUID = cpuid
+			m.svm = isSVMHost(supported)
 			if m.tscKHz, err = c.GetTSCKHz(); err != nil {
 				return fmt.Errorf("set up vCPU 0: %w", err)
 			}

@@ -153,7 +153,15 @@ func (m *Machine) applyLayout(self *vcpu) error {
 
 // changeSlots holds every vCPU but self out of the guest and replaces the
 // RAM slots with slots. m.layoutMu is held.
+//
+// A layout equal to the current one changes nothing and holds no vCPU: a
+// machine with no protected region keeps exactly the slots, and the ioctl
+// sequence, it had without memguard (one slot per RAM region, made once
+// by initSlots), also across RestoreState.
 func (m *Machine) changeSlots(self *vcpu, slots []memguard.Slot) error {
+	if m.sameLayout(slots) {
+		return nil
+	}
 	if err := m.holdVCPUs(self); err != nil {
 		return err
 	}
@@ -161,19 +169,40 @@ func (m *Machine) changeSlots(self *vcpu, slots []memguard.Slot) error {
 	return m.setLayout(slots)
 }
 
-// setLayout replaces the RAM slots with slots. m.layoutMu is held and no
-// vCPU is in the guest.
-func (m *Machine) setLayout(slots []memguard.Slot) error {
+// wantSlots are the KVM slots a memguard layout asks for: without
+// KVM_MEM_READONLY an integrity page gets no slot at all (reads exit too,
+// and the guard serves them on the backing page).
+func (m *Machine) wantSlots(slots []memguard.Slot) []ramSlot {
 	want := make([]ramSlot, 0, len(slots))
 	for _, s := range slots {
 		if s.ReadOnly && !m.readOnlyMem {
-			// Without KVM_MEM_READONLY an integrity page gets no
-			// slot at all: reads exit too, and the guard serves
-			// them on the backing page.
 			continue
 		}
 		want = append(want, ramSlot{gpa: s.GPA, size: s.Size, readOnly: s.ReadOnly})
 	}
+	return want
+}
+
+// sameLayout says whether slots ask for exactly the current RAM slots
+// (ids aside). m.layoutMu is held.
+func (m *Machine) sameLayout(slots []memguard.Slot) bool {
+	want := m.wantSlots(slots)
+	if len(want) != len(m.slots) {
+		return false
+	}
+	for i, w := range want {
+		c := m.slots[i]
+		if w.gpa != c.gpa || w.size != c.size || w.readOnly != c.readOnly {
+			return false
+		}
+	}
+	return true
+}
+
+// setLayout replaces the RAM slots with slots. m.layoutMu is held and no
+// vCPU is in the guest.
+func (m *Machine) setLayout(slots []memguard.Slot) error {
+	want := m.wantSlots(slots)
 	type key struct {
 		gpa, size uint64
 		ro        bool
