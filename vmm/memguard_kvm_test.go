@@ -179,3 +179,188 @@ func TestMemguardSaveRestore(t *testing.T) {
 		t.Fatalf("destination Run: %v", err)
 	}
 }
+
+// TestMemguardMigrateInProcess live-migrates a counting guest with a
+// confidential region the way TestMigrateInProcess does (dirty log on, a
+// full copy while it runs, the dirty pages, pause, the last dirty pages
+// and the state). The owner's write, which gvmm performs on the backing
+// page while the guest runs, must be in the VMM-side dirty bitmap, so the
+// region's page reaches the destination with the dirty pages only. There
+// the protection (no slot over the page, kernel reads refused), the
+// content (the owner reads its secret) and the measurement (the restored
+// digest equals the source's) are intact and the guest counts on. A
+// destination that missed that page refuses the state with a
+// measurement mismatch, so it never resumes.
+func TestMemguardMigrateInProcess(t *testing.T) {
+	requireKVM(t)
+	kernel := filepath.Join(t.TempDir(), "bzImage")
+	if err := os.WriteFile(kernel, vmmtest.BzImage(counterCode, 1<<20), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	src, err := New(Config{KernelPath: kernel, MemoryBytes: MinMemory, CPUs: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer src.Close()
+	owner := writeOwnerTables(t, src.Memory())
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	srcRan := make(chan error, 1)
+	go func() { _, err := src.Run(ctx); srcRan <- err }()
+	const a = 0x30000
+	waitCounter(t, src, a, 0)
+	res := src.Memguard().HandleIO(owner, memguard.Regs{RAX: memguard.OpRegister, RBX: guardVA, RCX: pageSize,
+		RSI: uint64(memguard.Confidential), RDX: memguard.Port})
+	if int64(res.Regs.RAX) != 0 || !res.LayoutChanged {
+		t.Fatalf("register: RAX %d, layout changed %v", int64(res.Regs.RAX), res.LayoutChanged)
+	}
+	id := res.Regs.RBX
+	if err := src.applyLayout(nil); err != nil {
+		t.Fatal(err)
+	}
+
+	if err := src.StartDirtyLog(); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := src.Description().Config()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := src.TakeDirty(); err != nil {
+		t.Fatal(err)
+	}
+	// The full copy, before the owner writes its secret.
+	image := make([][]byte, len(src.Memory().Regions()))
+	for i, r := range src.Memory().Regions() {
+		image[i] = append([]byte(nil), r.Data...)
+	}
+	copyDirty := func(bms [][]uint64, skip uint64) {
+		for i, r := range src.Memory().Regions() {
+			for p := 0; p < len(r.Data)/pageSize; p++ {
+				if bms[i][p/64]&(1<<(p%64)) != 0 && r.GPA+uint64(p)*pageSize != skip {
+					copy(image[i][p*pageSize:(p+1)*pageSize], r.Data[p*pageSize:(p+1)*pageSize])
+				}
+			}
+		}
+	}
+	secret := []byte("migrated secret")
+	if r := src.Memguard().HandleAccess(owner, guardGPA+8, secret, true); !r.Handled || r.Violation {
+		t.Fatalf("owner write: %+v", r)
+	}
+	waitCounter(t, src, a, counter(t, src, a))
+	bms, err := src.TakeDirty()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !pageDirty(src, bms, guardGPA) {
+		t.Fatal("the owner's write through gvmm is not in the dirty bitmap")
+	}
+	if !pageDirty(src, bms, a) {
+		t.Fatal("KVM's dirty log missed the page the guest counts in")
+	}
+	// Two images from here: one with every dirty page, one that misses
+	// the protected page.
+	lossy := make([][]byte, len(image))
+	for i := range image {
+		lossy[i] = append([]byte(nil), image[i]...)
+	}
+	full := image
+	copyDirty(bms, 0)
+	image = lossy
+	copyDirty(bms, guardGPA)
+	image = full
+
+	if err := src.Pause(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := src.Quiesce(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if bms, err = src.TakeDirty(); err != nil {
+		t.Fatal(err)
+	}
+	copyDirty(bms, 0)
+	image = lossy
+	copyDirty(bms, guardGPA)
+	image = full
+	srcDigest, err := src.Memguard().MeasureRegion(id, "test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	state, err := src.SaveState(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := src.StopDirtyLog(); err != nil {
+		t.Fatal(err)
+	}
+	stopped := counter(t, src, a)
+
+	restore := func(img [][]byte) (*Machine, chan error, error) {
+		dst, err := New(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i, r := range dst.Memory().Regions() {
+			copy(r.Data, img[i])
+		}
+		ran := make(chan error, 1)
+		go func() { _, err := dst.Run(ctx); ran <- err }()
+		if err := dst.Pause(ctx); err != nil {
+			t.Fatal(err)
+		}
+		return dst, ran, dst.RestoreState(ctx, state, RestoreOptions{})
+	}
+	bad, badRan, err := restore(lossy)
+	if !errors.Is(err, memguard.ErrMeasurementMismatch) {
+		t.Errorf("restore without the owner's last write: %v, want %v", err, memguard.ErrMeasurementMismatch)
+	}
+	bad.HandedOver()
+	<-badRan
+	bad.Close()
+
+	dst, dstRan, err := restore(full)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dst.Close()
+	src.HandedOver()
+	if err := <-srcRan; err != nil {
+		t.Fatalf("source Run: %v", err)
+	}
+	if got := counter(t, dst, a); got != stopped {
+		t.Fatalf("destination memory has counter %d, source stopped at %d", got, stopped)
+	}
+	st := dst.Memguard().Status()
+	if len(st.Regions) != 1 || st.Regions[0].ID != id || st.Regions[0].Mode != memguard.Confidential ||
+		st.Regions[0].Owner != guardPML4 || st.Regions[0].Last == nil {
+		t.Fatalf("restored regions %+v", st.Regions)
+	}
+	if st.Regions[0].Last.Digest != srcDigest.Digest || st.Regions[0].Last.Trigger != "restore" {
+		t.Errorf("destination measurement %x (%s), source %x", st.Regions[0].Last.Digest, st.Regions[0].Last.Trigger, srcDigest.Digest)
+	}
+	if slotCovers(dst, guardGPA) || !slotCovers(dst, guardGPA+pageSize) {
+		t.Fatalf("destination slots %+v: want all RAM but the protected page", dst.slots)
+	}
+	if err := dst.Resume(); err != nil {
+		t.Fatal(err)
+	}
+	waitCounter(t, dst, a, stopped)
+	got := make([]byte, len(secret))
+	if r := dst.Memguard().HandleAccess(owner, guardGPA+8, got, false); !r.Handled || string(got) != string(secret) {
+		t.Fatalf("owner read on the destination: %q (%+v)", got, r)
+	}
+	kernel0 := owner
+	kernel0.CPL = 0
+	if r := dst.Memguard().HandleAccess(kernel0, guardGPA+8, got, false); !r.Violation || string(got) == string(secret) {
+		t.Fatalf("kernel read on the destination: %q (%+v)", got, r)
+	}
+	again, err := dst.Memguard().MeasureRegion(id, "test")
+	if err != nil || again.Digest != srcDigest.Digest {
+		t.Errorf("destination measures %x (%v), source %x", again.Digest, err, srcDigest.Digest)
+	}
+	cancel()
+	if err := <-dstRan; err != nil {
+		t.Fatalf("destination Run: %v", err)
+	}
+}
