@@ -4,9 +4,12 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
+	"time"
 
 	"github.com/gvmm/gvmm/memguard"
 	"github.com/gvmm/gvmm/vmm/vmmtest"
@@ -362,5 +365,90 @@ func TestMemguardMigrateInProcess(t *testing.T) {
 	cancel()
 	if err := <-dstRan; err != nil {
 		t.Fatalf("destination Run: %v", err)
+	}
+}
+
+// counterAt is counterCode counting at gpa instead.
+func counterAt(gpa uint64) []byte {
+	code := append([]byte(nil), counterCode...)
+	binary.LittleEndian.PutUint64(code[2:10], gpa)
+	return code
+}
+
+// TestMemguardInjectFaults has the guest kernel (the toy guest, at CPL 0)
+// count in a page an owner protected as confidential. By default each of
+// its accesses is refused (reads see zeros, writes are dropped), counted,
+// and the guest runs on; with Config.MemguardInjectFaults the first
+// refused access becomes a #GP in the guest, which (the toy guest has no
+// IDT) ends it in a triple fault.
+func TestMemguardInjectFaults(t *testing.T) {
+	requireKVM(t)
+	kernel := filepath.Join(t.TempDir(), "bzImage")
+	if err := os.WriteFile(kernel, vmmtest.BzImage(counterAt(guardGPA), 1<<20), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, inject := range []bool{false, true} {
+		t.Run(fmt.Sprintf("inject=%v", inject), func(t *testing.T) {
+			m, err := New(Config{KernelPath: kernel, MemoryBytes: MinMemory, CPUs: 1, MemguardInjectFaults: inject})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer m.Close()
+			owner := writeOwnerTables(t, m.Memory())
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			ran := make(chan error, 1)
+			go func() { _, err := m.Run(ctx); ran <- err }()
+			waitCounter(t, m, guardGPA, 0)
+			res := m.Memguard().HandleIO(owner, memguard.Regs{RAX: memguard.OpRegister, RBX: guardVA, RCX: pageSize,
+				RSI: uint64(memguard.Confidential), RDX: memguard.Port})
+			if int64(res.Regs.RAX) != 0 {
+				t.Fatalf("register: RAX %d", int64(res.Regs.RAX))
+			}
+			if err := m.applyLayout(nil); err != nil {
+				t.Fatal(err)
+			}
+			if !inject {
+				deadline := time.Now().Add(10 * time.Second)
+				for m.Memguard().Status().Violations < 100 {
+					if time.Now().After(deadline) {
+						t.Fatalf("%d violations after 10s", m.Memguard().Status().Violations)
+					}
+					time.Sleep(time.Millisecond)
+				}
+				// Each refused access is one MMIO exit mediated by gvmm
+				// (registers, special registers, the owner check).
+				v0, t0 := m.Memguard().Status().Violations, time.Now()
+				frozen := counter(t, m, guardGPA)
+				time.Sleep(500 * time.Millisecond)
+				v1, d := m.Memguard().Status().Violations, time.Since(t0)
+				t.Logf("mediated accesses (refused, 1 vCPU): %.0f/s", float64(v1-v0)/d.Seconds())
+				if got := counter(t, m, guardGPA); got != frozen {
+					t.Errorf("the kernel's writes reached the protected page: %d, then %d", frozen, got)
+				}
+				select {
+				case err := <-ran:
+					t.Fatalf("the guest ended: %v", err)
+				default:
+				}
+				cancel()
+				if err := <-ran; err != nil {
+					t.Fatalf("Run: %v", err)
+				}
+				return
+			}
+			select {
+			case err := <-ran:
+				var ge *GuestError
+				if !errors.As(err, &ge) || !strings.Contains(ge.Reason, "triple fault") {
+					t.Fatalf("Run: %v, want a triple fault", err)
+				}
+			case <-time.After(10 * time.Second):
+				t.Fatal("the guest runs on 10s after a refused access with fault injection")
+			}
+			if v := m.Memguard().Status().Violations; v == 0 {
+				t.Error("no violation counted")
+			}
+		})
 	}
 }
