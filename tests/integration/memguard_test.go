@@ -117,6 +117,11 @@ func TestMemguard(t *testing.T) {
 		t.Errorf("hostile registrations: %s", out)
 	}
 	t.Logf("guest: hostile: %s", out)
+	out, off = v.ask(off, "memguard-guest bench 2>&1 | tr '\\n' ' '")
+	if !strings.Contains(out, "memguard bench: ok") {
+		t.Fatalf("bench: %s", out)
+	}
+	t.Logf("guest: %s", out)
 	// A second owner across a snapshot: stop the source hard, restore,
 	// and the protection is back.
 	const secret2 = "gvmm-memguard-secret-0815"
