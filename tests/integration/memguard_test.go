@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"fmt"
 	"path/filepath"
 	"regexp"
 	"strconv"
@@ -122,6 +123,39 @@ func TestMemguard(t *testing.T) {
 		t.Fatalf("bench: %s", out)
 	}
 	t.Logf("guest: %s", out)
+	// The guest kernel's code, from the guest's /proc/iomem, measured on
+	// request: it has a digest, is unchanged while nothing patches it, and
+	// is measured again after a module is loaded (whether module loading
+	// patches the kernel's own text depends on the module; logged).
+	m, off = guestOutput(t, v, off, "memguard-guest iomem | tr '\\n' ' '", regexp.MustCompile(`kernel-code (0x[0-9a-f]+) (0x[0-9a-f]+)`))
+	kstart, err1 := strconv.ParseUint(m[1], 0, 64)
+	kend, err2 := strconv.ParseUint(m[2], 0, 64)
+	if err1 != nil || err2 != nil || kend <= kstart {
+		t.Fatalf("kernel code range %q", m[0])
+	}
+	kernelRange := regexp.MustCompile(`memguard range name=kernel-code gpa=0x[0-9a-f]+ size=\d+ digest=([0-9a-f]{64}) changed=(true|false)`)
+	measure := func(args ...string) []string {
+		t.Helper()
+		out, code := gvmmCmd(t, env.bin, commandTimeout, append([]string{"measure", "--api-socket", sock}, args...)...)
+		r := kernelRange.FindStringSubmatch(out)
+		if code != 0 || r == nil {
+			t.Fatalf("gvmm measure exited %d, without the kernel-code range:\n%s", code, out)
+		}
+		return r
+	}
+	k1 := measure("--range", fmt.Sprintf("kernel-code=%#x+%#x", kstart, kend-kstart+1))
+	k2 := measure()
+	if k2[1] != k1[1] || k2[2] != "false" {
+		t.Errorf("the kernel's code changed with nothing loaded: %s, then %s", k1[0], k2[0])
+	}
+	if out, off = v.ask(off, "gvmm-modules ext4 2>&1 && echo loaded"); !strings.Contains(out, "loaded") {
+		t.Fatalf("loading ext4: %s", out)
+	}
+	k3 := measure()
+	t.Logf("kernel code [%#x,%#x] %s; after loading ext4: changed=%s (%s)", kstart, kend, k1[1][:16], k3[2], k3[1][:16])
+	if out, off = v.ask(off, "expr 6 + 36"); out != "42" {
+		t.Fatalf("guest answered %q after the measurements", out)
+	}
 	// A second owner across a snapshot: stop the source hard, restore,
 	// and the protection is back.
 	const secret2 = "gvmm-memguard-secret-0815"
@@ -141,8 +175,9 @@ func TestMemguard(t *testing.T) {
 	v.send("\n")
 	_, off = v.waitFor(regexp.MustCompile(`guest# `), 0, bootTimeout)
 	out, code = gvmmCmd(t, env.bin, commandTimeout, "status", "--api-socket", sock2)
-	if code != 0 || !regexp.MustCompile(`memguard region id=`+region+` mode=confidential .* va=`+addr+` `).MatchString(out) {
-		t.Fatalf("gvmm status of the restored VM exited %d, without the region:\n%s", code, out)
+	if code != 0 || !regexp.MustCompile(`memguard region id=`+region+` mode=confidential .* va=`+addr+` `).MatchString(out) ||
+		!kernelRange.MatchString(out) {
+		t.Fatalf("gvmm status of the restored VM exited %d, without the region and the kernel-code range:\n%s", code, out)
 	}
 	out, off = v.ask(off, "memguard-guest peek -pid "+pid+" -addr "+addr+" -len 4096 -secret "+secret2+" 2>&1 | tr '\\n' ' '")
 	if !strings.Contains(out, "memguard peek: no secret") {
