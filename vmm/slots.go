@@ -128,6 +128,10 @@ func (m *Machine) mergeDirty(s ramSlot, bm []uint64, into [][]uint64) {
 // vCPUs to leave the guest.
 const layoutHoldTimeout = 5 * time.Second
 
+// layoutKickEvery is how often a layout change interrupts a vCPU that has
+// not left the guest yet (see holdVCPUs).
+const layoutKickEvery = 20 * time.Millisecond
+
 // applyLayout brings the KVM slots in line with the guard's layout. self
 // is the vCPU calling from its exit handler, or nil. Every other vCPU is
 // held out of KVM_RUN while slots change, since deleting a slot leaves its
@@ -259,8 +263,22 @@ func (m *Machine) holdVCPUs(self *vcpu) error {
 		// inGuest is set before the vCPU looks at layoutHold and
 		// cleared after KVM_RUN returns: once both stores are seen in
 		// that order, either it saw the hold or it is seen here.
+		//
+		// One interrupt is enough: immediate_exit is set after the
+		// vCPU cleared it for this entry, so KVM_RUN either returns at
+		// once or takes the signal. It is repeated only every
+		// layoutKickEvery, not at every poll: each signal to a vCPU in
+		// the guest is an IPI that forces a #VMEXIT, and under nested
+		// KVM on QEMU's TCG a host interrupt at that boundary is what
+		// has been seen to panic L1 (the interrupt is taken in
+		// __svm_vcpu_run before the host's GS is back), so gvmm must
+		// not add a storm of them.
+		lastKick := time.Time{}
 		for v.inGuest.Load() {
-			v.interrupt()
+			if now := time.Now(); now.Sub(lastKick) >= layoutKickEvery {
+				v.interrupt()
+				lastKick = now
+			}
 			if time.Now().After(deadline) {
 				m.releaseVCPUs()
 				return fmt.Errorf("vCPU %d did not leave the guest within %v", v.id, layoutHoldTimeout)
