@@ -153,6 +153,26 @@ func TestMemguard(t *testing.T) {
 	}
 	k3 := measure()
 	t.Logf("kernel code [%#x,%#x] %s; after loading ext4: changed=%s (%s)", kstart, kend, k1[1][:16], k3[2], k3[1][:16])
+	// Loading ext4 need not touch the kernel's own code (it did not in
+	// the runs so far), but turning a tracepoint on does: its static key
+	// patches a jump into __schedule. The measurement shows the change,
+	// and the original digest again once the tracepoint is off.
+	const tp = "/sys/kernel/tracing/events/sched/sched_switch/enable"
+	if out, off = v.ask(off, "{ [ -e "+tp+" ] || mount -t tracefs tracefs /sys/kernel/tracing; } && echo 1 >"+tp+" && echo on"); out != "on" {
+		t.Fatalf("turning the sched_switch tracepoint on: %q", out)
+	}
+	k4 := measure()
+	if out, off = v.ask(off, "echo 0 >"+tp+" && echo off"); out != "off" {
+		t.Fatalf("turning the sched_switch tracepoint off: %q", out)
+	}
+	k5 := measure()
+	t.Logf("kernel code with a tracepoint on: changed=%s (%s); off again: changed=%s (%s)", k4[2], k4[1][:16], k5[2], k5[1][:16])
+	if k4[2] != "true" || k4[1] == k3[1] {
+		t.Errorf("the kernel's code patched by a tracepoint shows no change: %s", k4[0])
+	}
+	if k5[1] != k3[1] {
+		t.Errorf("the kernel's code with the tracepoint off again is %s, was %s", k5[1][:16], k3[1][:16])
+	}
 	if out, off = v.ask(off, "expr 6 + 36"); out != "42" {
 		t.Fatalf("guest answered %q after the measurements", out)
 	}
