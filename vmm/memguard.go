@@ -42,6 +42,9 @@ func (m *Machine) newGuard(injectFaults bool) error {
 		MaxSlots:     maxSlots,
 		InjectFaults: injectFaults,
 		Logger:       m.log,
+		// Pages are locked in applyLayout, with every vCPU out of the
+		// guest (see changeSlots).
+		DeferHostLock: true,
 	}
 	for _, r := range m.mem.regions {
 		cfg.RAM = append(cfg.RAM, memguard.Range{GPA: r.GPA, Size: r.Size})

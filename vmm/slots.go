@@ -148,29 +148,46 @@ func (m *Machine) applyLayout(self *vcpu) error {
 	if g == m.layoutGuard && gen == m.layoutGen {
 		return nil
 	}
-	if err := m.changeSlots(self, slots); err != nil {
+	if err := m.changeSlots(self, g, slots); err != nil {
 		return fmt.Errorf("memguard layout: %w", err)
 	}
 	m.layoutGuard, m.layoutGen = g, gen
 	return nil
 }
 
-// changeSlots holds every vCPU but self out of the guest and replaces the
-// RAM slots with slots. m.layoutMu is held.
+// changeSlots holds every vCPU but self out of the guest, replaces the
+// RAM slots with slots and does the guard's pending host locks (g.SyncHost).
+// m.layoutMu is held.
 //
-// A layout equal to the current one changes nothing and holds no vCPU: a
-// machine with no protected region keeps exactly the slots, and the ioctl
-// sequence, it had without memguard (one slot per RAM region, made once
-// by initSlots), also across RestoreState.
-func (m *Machine) changeSlots(self *vcpu, slots []memguard.Slot) error {
-	if m.sameLayout(slots) {
+// The host locks are done here, not when the guest registers a region:
+// mlock of a few pages inside guest RAM splits the host's VMA and the
+// transparent huge page under it, so the host kernel zaps the guest's
+// nested page tables and drains per-CPU page lists, interrupting every
+// CPU that runs a vCPU in guest mode. Under nested KVM on QEMU's TCG a
+// host interrupt taken right after VMRUN has been seen to panic L1 (it
+// lands in __svm_vcpu_run before the host's GS is back); with every vCPU
+// held out of KVM_RUN no CPU is in guest mode when it happens.
+//
+// A layout equal to the current one with nothing to lock changes nothing
+// and holds no vCPU: a machine with no protected region keeps exactly the
+// slots, and the ioctl sequence, it had without memguard (one slot per
+// RAM region, made once by initSlots), also across RestoreState.
+func (m *Machine) changeSlots(self *vcpu, g *memguard.Guard, slots []memguard.Slot) error {
+	same := m.sameLayout(slots)
+	if same && !g.HostPending() {
 		return nil
 	}
 	if err := m.holdVCPUs(self); err != nil {
 		return err
 	}
 	defer m.releaseVCPUs()
-	return m.setLayout(slots)
+	if !same {
+		if err := m.setLayout(slots); err != nil {
+			return err
+		}
+	}
+	g.SyncHost()
+	return nil
 }
 
 // wantSlots are the KVM slots a memguard layout asks for: without

@@ -82,7 +82,7 @@ func TestSplitSlotsDirtyLog(t *testing.T) {
 		t.Helper()
 		m.layoutMu.Lock()
 		defer m.layoutMu.Unlock()
-		if err := m.changeSlots(nil, slots); err != nil {
+		if err := m.changeSlots(nil, m.guard.Load(), slots); err != nil {
 			t.Fatal(err)
 		}
 	}
