@@ -70,6 +70,14 @@ type Config struct {
 	Now func() time.Time
 	// LogSize bounds the measurement log (0: DefaultLogSize).
 	LogSize int
+	// DeferHostLock leaves the host locks (mlock, munlock) of protected
+	// pages to SyncHost instead of doing them at registration and
+	// release. A VMM sets it to lock pages only while no vCPU is in guest
+	// mode: locking part of guest RAM splits the host's VMA, and with it
+	// a transparent huge page, which makes the host kernel invalidate the
+	// guest's nested page tables and drain per-CPU page lists, both by
+	// interrupting every CPU, those running vCPUs included.
+	DeferHostLock bool
 }
 
 // region is one protected range of an owner's virtual memory.
@@ -84,6 +92,9 @@ type region struct {
 	// PDPTE page): a check that the owner still lives compares it.
 	path []uint64
 
+	// held are the host lock units this region holds a use of (see
+	// lockRegion); locked says it holds all of its units.
+	held       []Range
 	locked     bool
 	violations uint64
 	// writes counts owner writes made through gvmm; measuredWrites is its
@@ -118,6 +129,19 @@ type Guard struct {
 	// npages is len(byPage), readable without the lock: MMIO exits of a
 	// VM with nothing protected skip the lock.
 	npages atomic.Int64
+	// hostOps are the host locks and unlocks Config.DeferHostLock left to
+	// SyncHost, in order.
+	hostOps []hostOp
+	// hostLocks counts, per host lock unit (by its first GPA), the
+	// regions holding it locked.
+	hostLocks map[uint64]int
+}
+
+// hostOp is one deferred host lock change: lock r's units (r is set), or
+// drop a released region's uses of units.
+type hostOp struct {
+	r     *region
+	units []Range
 }
 
 // New returns an empty Guard.
@@ -149,12 +173,13 @@ func New(cfg Config) (*Guard, error) {
 		cfg.LogSize = DefaultLogSize
 	}
 	g := &Guard{
-		cfg:     cfg,
-		log:     cfg.Logger,
-		now:     cfg.Now,
-		nextID:  1,
-		regions: make(map[uint64]*region),
-		byPage:  make(map[uint64]*region),
+		cfg:       cfg,
+		log:       cfg.Logger,
+		now:       cfg.Now,
+		nextID:    1,
+		regions:   make(map[uint64]*region),
+		byPage:    make(map[uint64]*region),
+		hostLocks: make(map[uint64]int),
 	}
 	if g.log == nil {
 		g.log = slog.Default()
@@ -401,11 +426,11 @@ func (g *Guard) insert(r *region) {
 	g.resort()
 	g.layoutGen++
 	if hm, ok := g.cfg.Memory.(HostMemory); ok {
-		err := lockPages(hm, r.pages, true)
-		r.locked = err == nil
-		if err != nil {
-			g.log.Warn("memguard: cannot lock region in host memory", "id", r.id, "err", err)
+		if g.cfg.DeferHostLock {
+			g.hostOps = append(g.hostOps, hostOp{r: r})
+			return
 		}
+		g.lockRegion(hm, r)
 	}
 }
 
@@ -420,15 +445,64 @@ func (g *Guard) release(r *region, why string) {
 		}
 		delete(g.byPage, p)
 	}
-	if r.locked {
-		if hm, ok := g.cfg.Memory.(HostMemory); ok {
-			_ = lockPages(hm, r.pages, false)
-		}
-	}
+	g.unlockRegion(r)
 	delete(g.regions, r.id)
 	g.resort()
 	g.layoutGen++
 	g.log.Info("memguard: region released", "id", r.id, "why", why)
+}
+
+// unlockRegion undoes r's host locks, or with Config.DeferHostLock leaves
+// that to SyncHost (a lock still pending is dropped). g.mu is held.
+func (g *Guard) unlockRegion(r *region) {
+	hm, ok := g.cfg.Memory.(HostMemory)
+	if !ok {
+		return
+	}
+	held := r.held
+	r.held, r.locked = nil, false
+	if !g.cfg.DeferHostLock {
+		g.unlockUnits(hm, held)
+		return
+	}
+	for i, op := range g.hostOps {
+		if op.r == r {
+			g.hostOps = append(g.hostOps[:i], g.hostOps[i+1:]...)
+			break
+		}
+	}
+	if len(held) > 0 {
+		g.hostOps = append(g.hostOps, hostOp{units: held})
+	}
+}
+
+// HostPending says whether SyncHost has host locks or unlocks to do.
+func (g *Guard) HostPending() bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return len(g.hostOps) > 0
+}
+
+// SyncHost does the host locks and unlocks Config.DeferHostLock left
+// pending. The VMM calls it while no vCPU is in guest mode. A page that
+// cannot be locked is logged and its region reported as not locked, as
+// without DeferHostLock.
+func (g *Guard) SyncHost() {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	hm, ok := g.cfg.Memory.(HostMemory)
+	if !ok {
+		g.hostOps = nil
+		return
+	}
+	for _, op := range g.hostOps {
+		if op.r != nil {
+			g.lockRegion(hm, op.r)
+		} else {
+			g.unlockUnits(hm, op.units)
+		}
+	}
+	g.hostOps = nil
 }
 
 func (g *Guard) resort() {
