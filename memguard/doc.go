@@ -115,10 +115,8 @@
 //   - Emulated DMA, if the VMM hands its devices DMA(mem) instead of
 //     guest RAM itself; unexpected changes of a region (including by DMA the
 //     VMM did not filter) show up as violations at the next measurement.
-//   - On the host: the backing pages are locked (mlock, in whole 2 MiB
-//     blocks of guest RAM so that no transparent huge page is split) and,
-//     as all guest RAM, excluded from core dumps; gvmm's own keys live in
-//     Secret.
+//   - On the host: the backing pages are locked (mlock) and, as all guest
+//     RAM, excluded from core dumps; gvmm's own keys live in Secret.
 //
 // Not protected:
 //   - The owner's own use of its data: an owner that passes a protected

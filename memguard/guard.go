@@ -92,9 +92,6 @@ type region struct {
 	// PDPTE page): a check that the owner still lives compares it.
 	path []uint64
 
-	// held are the host lock units this region holds a use of (see
-	// lockRegion); locked says it holds all of its units.
-	held       []Range
 	locked     bool
 	violations uint64
 	// writes counts owner writes made through gvmm; measuredWrites is its
@@ -132,16 +129,14 @@ type Guard struct {
 	// hostOps are the host locks and unlocks Config.DeferHostLock left to
 	// SyncHost, in order.
 	hostOps []hostOp
-	// hostLocks counts, per host lock unit (by its first GPA), the
-	// regions holding it locked.
-	hostLocks map[uint64]int
 }
 
-// hostOp is one deferred host lock change: lock r's units (r is set), or
-// drop a released region's uses of units.
+// hostOp is one deferred lockPages: lock r's pages (r is set), or unlock
+// pages of a released region.
 type hostOp struct {
 	r     *region
-	units []Range
+	pages []uint64
+	lock  bool
 }
 
 // New returns an empty Guard.
@@ -173,13 +168,12 @@ func New(cfg Config) (*Guard, error) {
 		cfg.LogSize = DefaultLogSize
 	}
 	g := &Guard{
-		cfg:       cfg,
-		log:       cfg.Logger,
-		now:       cfg.Now,
-		nextID:    1,
-		regions:   make(map[uint64]*region),
-		byPage:    make(map[uint64]*region),
-		hostLocks: make(map[uint64]int),
+		cfg:     cfg,
+		log:     cfg.Logger,
+		now:     cfg.Now,
+		nextID:  1,
+		regions: make(map[uint64]*region),
+		byPage:  make(map[uint64]*region),
 	}
 	if g.log == nil {
 		g.log = slog.Default()
@@ -427,10 +421,14 @@ func (g *Guard) insert(r *region) {
 	g.layoutGen++
 	if hm, ok := g.cfg.Memory.(HostMemory); ok {
 		if g.cfg.DeferHostLock {
-			g.hostOps = append(g.hostOps, hostOp{r: r})
+			g.hostOps = append(g.hostOps, hostOp{r: r, pages: r.pages, lock: true})
 			return
 		}
-		g.lockRegion(hm, r)
+		err := lockPages(hm, r.pages, true)
+		r.locked = err == nil
+		if err != nil {
+			g.log.Warn("memguard: cannot lock region in host memory", "id", r.id, "err", err)
+		}
 	}
 }
 
@@ -452,27 +450,26 @@ func (g *Guard) release(r *region, why string) {
 	g.log.Info("memguard: region released", "id", r.id, "why", why)
 }
 
-// unlockRegion undoes r's host locks, or with Config.DeferHostLock leaves
-// that to SyncHost (a lock still pending is dropped). g.mu is held.
+// unlockRegion undoes r's host lock, or with Config.DeferHostLock leaves
+// it to SyncHost (a lock still pending is dropped). g.mu is held.
 func (g *Guard) unlockRegion(r *region) {
-	hm, ok := g.cfg.Memory.(HostMemory)
-	if !ok {
-		return
-	}
-	held := r.held
-	r.held, r.locked = nil, false
-	if !g.cfg.DeferHostLock {
-		g.unlockUnits(hm, held)
-		return
-	}
-	for i, op := range g.hostOps {
-		if op.r == r {
-			g.hostOps = append(g.hostOps[:i], g.hostOps[i+1:]...)
-			break
+	if g.cfg.DeferHostLock {
+		for i, op := range g.hostOps {
+			if op.r == r {
+				g.hostOps = append(g.hostOps[:i], g.hostOps[i+1:]...)
+				break
+			}
 		}
+		if r.locked {
+			g.hostOps = append(g.hostOps, hostOp{pages: r.pages})
+			r.locked = false
+		}
+		return
 	}
-	if len(held) > 0 {
-		g.hostOps = append(g.hostOps, hostOp{units: held})
+	if r.locked {
+		if hm, ok := g.cfg.Memory.(HostMemory); ok {
+			_ = lockPages(hm, r.pages, false)
+		}
 	}
 }
 
@@ -496,10 +493,13 @@ func (g *Guard) SyncHost() {
 		return
 	}
 	for _, op := range g.hostOps {
-		if op.r != nil {
-			g.lockRegion(hm, op.r)
-		} else {
-			g.unlockUnits(hm, op.units)
+		err := lockPages(hm, op.pages, op.lock)
+		if op.r == nil {
+			continue
+		}
+		op.r.locked = err == nil
+		if err != nil {
+			g.log.Warn("memguard: cannot lock region in host memory", "id", op.r.id, "err", err)
 		}
 	}
 	g.hostOps = nil

@@ -3,110 +3,39 @@ package memguard
 import (
 	"errors"
 	"fmt"
-	"sort"
 
 	"golang.org/x/sys/unix"
 )
 
-// hostLockUnit is the granularity of host locks: the transparent huge
-// page of x86-64. A protected page is locked together with the rest of
-// its 2 MiB block (clipped to its RAM range), so that mlock and munlock
-// change the host mapping only at huge-page boundaries. Locking a single
-// 4 KiB page inside a huge page splits the host VMA there and the huge
-// page's mapping with it: the host kernel invalidates the guest's nested
-// page tables for the block (an IPI to every CPU running a vCPU), KVM can
-// map the block only with 4 KiB entries from then on (many more nested
-// page faults), and khugepaged later collapses it again behind the
-// guest's back (invalidating it once more). Under nested KVM on QEMU's
-// TCG each of those host interrupts into a running vCPU is a chance of
-// the emulated-SVM failure seen as L1 panics and L2 triple faults. The
-// cost is that up to 2 MiB of guest RAM stays resident per locked block
-// (an mlock beyond RLIMIT_MEMLOCK fails, is logged, and the region is
-// reported as not locked).
-const hostLockUnit = 2 << 20
-
-// lockUnits are the host lock units covering pages, in order and each
-// once: the hostLockUnit-aligned block around each page, clipped to the
-// RAM range that holds it. Pages outside RAM have none (registration
-// refuses them).
-func lockUnits(ram []Range, pages []uint64) []Range {
-	seen := make(map[uint64]bool)
-	var out []Range
-	for _, p := range pages {
-		for _, r := range ram {
-			if !r.contains(p, pageSize) {
-				continue
-			}
-			start := max(r.GPA, p&^(hostLockUnit-1))
-			end := min(r.end(), p&^(hostLockUnit-1)+hostLockUnit)
-			if !seen[start] {
-				seen[start] = true
-				out = append(out, Range{GPA: start, Size: end - start})
-			}
-			break
+// lockPages locks (or unlocks) the host pages backing the given guest
+// pages in RAM, run by run. Guest RAM is already MADV_DONTDUMP (vmm maps
+// it so), so protected pages stay out of core dumps; locking keeps them
+// out of swap.
+func lockPages(hm HostMemory, pages []uint64, lock bool) error {
+	for i := 0; i < len(pages); {
+		n := 1
+		for i+n < len(pages) && pages[i+n] == pages[i]+uint64(n)*pageSize {
+			n++
 		}
-	}
-	sort.Slice(out, func(i, j int) bool { return out[i].GPA < out[j].GPA })
-	return out
-}
-
-// hostLock locks (or unlocks) the host memory backing u in RAM.
-func hostLock(hm HostMemory, u Range, lock bool) error {
-	b, err := hm.Slice(u.GPA, u.Size)
-	if err != nil {
-		return fmt.Errorf("lock %#x+%#x: %w", u.GPA, u.Size, err)
-	}
-	op := "mlock"
-	if lock {
-		err = unix.Mlock(b)
-	} else {
-		op = "munlock"
-		err = unix.Munlock(b)
-	}
-	if err != nil {
-		return fmt.Errorf("%s %#x+%#x: %w", op, u.GPA, u.Size, err)
+		b, err := hm.Slice(pages[i], uint64(n)*pageSize)
+		if err != nil {
+			return fmt.Errorf("lock %#x: %w", pages[i], err)
+		}
+		if lock {
+			err = unix.Mlock(b)
+		} else {
+			err = unix.Munlock(b)
+		}
+		if err != nil {
+			op := "mlock"
+			if !lock {
+				op = "munlock"
+			}
+			return fmt.Errorf("%s %#x+%#x: %w", op, pages[i], n*pageSize, err)
+		}
+		i += n
 	}
 	return nil
-}
-
-// lockRegion locks r's lock units in host RAM, counting each unit's
-// users so that a unit shared with other regions is locked once and
-// unlocked with its last region. r.locked says whether every unit is
-// locked. g.mu is held.
-func (g *Guard) lockRegion(hm HostMemory, r *region) {
-	var firstErr error
-	for _, u := range lockUnits(g.cfg.RAM, r.pages) {
-		if g.hostLocks[u.GPA] == 0 {
-			if err := hostLock(hm, u, true); err != nil {
-				if firstErr == nil {
-					firstErr = err
-				}
-				continue
-			}
-		}
-		g.hostLocks[u.GPA]++
-		r.held = append(r.held, u)
-	}
-	r.locked = firstErr == nil && len(r.held) > 0
-	if firstErr != nil {
-		g.log.Warn("memguard: cannot lock region in host memory", "id", r.id, "err", firstErr)
-	}
-}
-
-// unlockUnits drops one use of each unit, unlocking those with no use
-// left. g.mu is held.
-func (g *Guard) unlockUnits(hm HostMemory, units []Range) {
-	for _, u := range units {
-		n := g.hostLocks[u.GPA] - 1
-		if n > 0 {
-			g.hostLocks[u.GPA] = n
-			continue
-		}
-		delete(g.hostLocks, u.GPA)
-		if err := hostLock(hm, u, false); err != nil {
-			g.log.Warn("memguard: cannot unlock host memory", "err", err)
-		}
-	}
 }
 
 // Secret is guarded host memory for gvmm's own key material (migration

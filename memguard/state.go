@@ -181,8 +181,8 @@ func (g *Guard) unlockAll() {
 		return
 	}
 	for _, r := range g.regions {
-		held := r.held
-		r.held, r.locked = nil, false
-		g.unlockUnits(hm, held)
+		if r.locked {
+			_ = lockPages(hm, r.pages, false)
+		}
 	}
 }
