@@ -8,9 +8,6 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// hugePageSize is the x86-64 transparent huge page (PMD) size.
-const hugePageSize = 2 << 20
-
 // ErrOutOfRange is returned by accesses that fall outside guest RAM.
 var ErrOutOfRange = errors.New("guest address range outside RAM")
 
@@ -36,13 +33,8 @@ func NewMemory(size uint64) (*Memory, error) {
 	if size > 1<<46 {
 		return nil, fmt.Errorf("guest memory: size %d is too large", size)
 	}
-	// 2 MiB-aligned, so that guest-physical and host addresses agree
-	// modulo a huge page (every RAM region starts 2 MiB-aligned): only
-	// then can the host back a 2 MiB guest block with one transparent
-	// huge page and KVM map it with one nested page-table entry, and
-	// memguard's host locks (whole 2 MiB blocks) fall on huge-page
-	// boundaries instead of splitting them.
-	b, err := mmapAligned(size, hugePageSize, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS|unix.MAP_NORESERVE)
+	b, err := unix.Mmap(-1, 0, int(size), unix.PROT_READ|unix.PROT_WRITE,
+		unix.MAP_PRIVATE|unix.MAP_ANONYMOUS|unix.MAP_NORESERVE)
 	if err != nil {
 		return nil, fmt.Errorf("guest memory: mmap %d bytes: %w", size, err)
 	}
@@ -66,7 +58,7 @@ func (m *Memory) Close() error {
 	if m.mapping == nil {
 		return nil
 	}
-	err := munmapAligned(m.mapping)
+	err := unix.Munmap(m.mapping)
 	m.mapping = nil
 	if err != nil {
 		return fmt.Errorf("guest memory: munmap: %w", err)

@@ -86,24 +86,3 @@ func TestMemoryResident(t *testing.T) {
 		t.Fatalf("resident grew by %d bytes after touching 64 pages", after-before)
 	}
 }
-
-// TestMemoryHugeAligned: guest RAM starts on a 2 MiB host boundary, for
-// any size, and unmaps cleanly.
-func TestMemoryHugeAligned(t *testing.T) {
-	for _, size := range []uint64{pageSize, 3 << 20, 64 << 20} {
-		m, err := NewMemory(size)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if a := sliceAddr(m.mapping); a%hugePageSize != 0 {
-			t.Errorf("size %#x: mapping at %#x, not 2 MiB-aligned", size, a)
-		}
-		if uint64(len(m.mapping)) != size {
-			t.Errorf("size %#x: mapping of %#x bytes", size, len(m.mapping))
-		}
-		m.mapping[size-1] = 1 // the last byte is mapped
-		if err := m.Close(); err != nil {
-			t.Errorf("size %#x: close: %v", size, err)
-		}
-	}
-}
