@@ -27,6 +27,9 @@ func runningRNG(t *testing.T, mem *virtiotest.Memory) (fn, *fakeIRQ, *virtiotest
 	f.bw(ccConfigVec, 2, 0)
 	f.bw(ccStatus, 1, uint64(f.status()|virtio.StatusDriverOK))
 	d.AddChain(virtiotest.Buf{Addr: buf, Len: 32, Write: true})
+	// A driver notifies after adding a buffer; without it the chain is
+	// seen only if the worker's first drain comes after AddChain.
+	f.pci.Notify(0)
 	waitUsed(t, d, 1)
 	return f, irq, d, buf
 }
