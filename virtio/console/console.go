@@ -134,7 +134,7 @@ type activation struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 	// rxKick wakes the receive goroutine when the driver posts buffers.
-	rxKick  *virtio.Kick
+	rxKick  chan struct{}
 	workers *virtio.Workers
 }
 
@@ -146,7 +146,7 @@ func (d *Device) Activate(ctx context.Context, env *virtio.Env) error {
 		return errors.New("virtio-console: already active")
 	}
 	ctx, cancel := context.WithCancel(ctx)
-	a := &activation{d: d, env: env, cancel: cancel, rxKick: virtio.NewKick(ctx, env, ReceiveQ)}
+	a := &activation{d: d, env: env, cancel: cancel, rxKick: make(chan struct{}, 1)}
 	if rxq := queueAt(env, ReceiveQ); rxq != nil {
 		a.wg.Add(1)
 		go func() {
@@ -185,7 +185,10 @@ func (d *Device) Notify(q int) {
 	}
 	switch q {
 	case ReceiveQ:
-		a.rxKick.Notify()
+		select {
+		case a.rxKick <- struct{}{}:
+		default:
+		}
 	case TransmitQ:
 		if a.workers != nil {
 			a.workers.Notify(q)
@@ -277,10 +280,12 @@ func (a *activation) deliver(ctx context.Context, q *virtio.Queue, c *virtio.Cha
 			if more {
 				continue
 			}
-			if err := a.rxKick.Wait(ctx); err != nil {
-				return b, err
+			select {
+			case <-a.rxKick:
+				continue
+			case <-ctx.Done():
+				return b, ctx.Err()
 			}
-			continue
 		}
 		// Readable descriptors in a receive chain carry nothing for the
 		// device and are ignored; a chain with no writable bytes is
