@@ -47,9 +47,6 @@ type Options struct {
 	Workers     int
 	Compression stream.Compression
 	BatchPages  int
-	// Nice is the scheduling nice value of the stream's threads (see
-	// stream.Options.Nice; 0 leaves them as they are).
-	Nice int
 	// Progress, when set, is called on Migrate's goroutine after every pass
 	// and at switchover; it must return quickly.
 	Progress func(Progress)
@@ -244,7 +241,7 @@ func (m *migrator) run(ctx context.Context, key []byte) error {
 	}
 	m.sender, err = stream.NewSender(ws, key, stream.Options{
 		GuestMemSize: lay.size, CPU: encodeHandshake(lay, m.opts.CPU),
-		Workers: m.opts.Workers, Compression: m.opts.Compression, BatchPages: m.opts.BatchPages, Nice: m.opts.Nice,
+		Workers: m.opts.Workers, Compression: m.opts.Compression, BatchPages: m.opts.BatchPages,
 		Logger: m.log, Now: m.now,
 	})
 	if err != nil {

@@ -25,10 +25,8 @@ import (
 // Defaults of gvmm migrate.
 const (
 	defaultConnections = 4
-	// migrateNice is the nice value of the migration's sending threads.
-	migrateNice    = 10
-	maxConnections = 16
-	dialTimeout    = 10 * time.Second
+	maxConnections     = 16
+	dialTimeout        = 10 * time.Second
 )
 
 // readKeyFile reads a 32-byte migration key: the raw bytes, or 64
@@ -103,10 +101,7 @@ func migrateOut(ctx context.Context, m *vmm.Machine, req api.MigrateRequest, pro
 		Timeout:     time.Duration(req.TimeoutSec) * time.Second,
 		CPU:         info,
 		Compression: comp,
-		// Pre-copy runs beside the guest: on a busy host its vCPUs go
-		// first and the migration's encryption takes what is left.
-		Nice:   migrateNice,
-		Logger: log.With("migration", req.To),
+		Logger:      log.With("migration", req.To),
 		Progress: func(p migration.Progress) {
 			progress(api.Progress{
 				Phase: p.Phase.String(),

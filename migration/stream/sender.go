@@ -14,8 +14,6 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
-
-	"golang.org/x/sys/unix"
 )
 
 // Page is one guest page to send: its guest physical address (page-aligned,
@@ -49,12 +47,6 @@ type Options struct {
 	// CPU, when set, is sent as the first record of connection 0: the
 	// destination checks CPU compatibility before it accepts any page.
 	CPU []byte
-	// Nice, when not zero, is the scheduling nice value (Linux, -20..19)
-	// of the threads that run the sender's workers and writers: each
-	// locks its goroutine to a thread of its own and renices it, so that
-	// on a busy host the guest's vCPU threads, at their usual priority,
-	// run first while pre-copy takes what is left.
-	Nice int
 	// Logger receives debug events (compression turning off and on);
 	// nil discards them.
 	Logger *slog.Logger
@@ -105,7 +97,6 @@ func (c *counters) snapshot() Stats {
 type Sender struct {
 	// ignoreLink: Options.ignoreLink.
 	ignoreLink bool
-	nice       int // Options.Nice
 	hdr        Header
 	conns      []*sconn
 	ackAEAD    cipher.AEAD
@@ -207,9 +198,6 @@ func NewSender(conns []io.Writer, key []byte, opts Options) (*Sender, error) {
 		}
 		declared = opts.MaxRecordSize
 	}
-	if opts.Nice < -20 || opts.Nice > 19 {
-		return nil, fmt.Errorf("new sender: nice %d outside -20..19", opts.Nice)
-	}
 	workers := opts.Workers
 	if workers <= 0 {
 		workers = runtime.GOMAXPROCS(0)
@@ -237,7 +225,6 @@ func NewSender(conns []io.Writer, key []byte, opts Options) (*Sender, error) {
 		maxBody:    maxBody,
 		batch:      batch,
 		ignoreLink: opts.ignoreLink,
-		nice:       opts.Nice,
 		log:        opts.Logger,
 		now:        opts.Now,
 		jobs:       make(chan job, workers*2),
@@ -352,7 +339,6 @@ func (s *Sender) usable(op string) error {
 // writer writes c's header, then its records in sequence order.
 func (s *Sender) writer(c *sconn) {
 	defer close(c.done)
-	s.lowerPriority()
 	if _, err := c.w.Write(c.hdr); err != nil {
 		s.fail(fmt.Errorf("write header on connection %d: %w", c.idx, err))
 		return
@@ -409,20 +395,6 @@ func (s *Sender) writer(c *sconn) {
 			}
 			next++
 		}
-	}
-}
-
-// lowerPriority applies Options.Nice to the calling goroutine's thread,
-// which it keeps for the goroutine's life: a goroutine that ends locked
-// takes its thread with it, so the reniced thread never serves other
-// goroutines.
-func (s *Sender) lowerPriority() {
-	if s.nice == 0 {
-		return
-	}
-	runtime.LockOSThread()
-	if err := unix.Setpriority(unix.PRIO_PROCESS, unix.Gettid(), s.nice); err != nil {
-		s.log.Debug("stream: renice a sender thread", "nice", s.nice, "err", err)
 	}
 }
 
@@ -562,7 +534,6 @@ func (s *Sender) queue(ctx context.Context, j job) error {
 func (s *Sender) worker(comp *compressor) {
 	defer s.workers.Done()
 	defer comp.close()
-	s.lowerPriority()
 	w := &workerState{comp: comp}
 	// Its gather and zstd buffers held guest pages in plaintext: wipe
 	// them when the worker is done (the pool's buffers hold ciphertext,

@@ -6,15 +6,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"net"
-	"runtime"
 	"strings"
 	"sync"
 	"testing"
 	"time"
-
-	"golang.org/x/sys/unix"
 )
 
 // transport makes n connected pairs: what the sender writes on w[i], the
@@ -722,36 +718,5 @@ func TestCompressAutoFollowsTheLink(t *testing.T) {
 				t.Fatal("memory differs after the round trip")
 			}
 		})
-	}
-}
-
-// A sender with Nice renices the threads of its goroutines, and only
-// those: the test's own thread keeps its priority.
-func TestSenderNice(t *testing.T) {
-	if _, err := NewSender([]io.Writer{io.Discard}, testKey, Options{GuestMemSize: PageSize, Nice: 20}); err == nil {
-		t.Fatal("nice 20 accepted")
-	}
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
-	before, err := unix.Getpriority(unix.PRIO_PROCESS, unix.Gettid())
-	if err != nil {
-		t.Fatal(err)
-	}
-	s := &Sender{nice: 7, log: slog.New(slog.DiscardHandler)}
-	got := make(chan int, 1)
-	go func() {
-		s.lowerPriority()
-		p, err := unix.Getpriority(unix.PRIO_PROCESS, unix.Gettid())
-		if err != nil {
-			t.Error(err)
-		}
-		got <- p
-	}()
-	// The raw syscall returns 20 - nice.
-	if p := <-got; 20-p != 7 {
-		t.Fatalf("sender thread at nice %d, want 7", 20-p)
-	}
-	if p, _ := unix.Getpriority(unix.PRIO_PROCESS, unix.Gettid()); p != before {
-		t.Fatalf("the test's thread went from nice %d to %d", 20-before, 20-p)
 	}
 }
