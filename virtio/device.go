@@ -39,6 +39,11 @@ type Env struct {
 	// Queues has one entry per queue in QueueSizes order; nil where the
 	// driver did not enable the queue.
 	Queues []*Queue
+	// Doorbells has, where the VMM bound one, each queue's notification
+	// eventfd (PCIOptions.Doorbells), in Queues order; nil or shorter when
+	// there are none. A device waits on its queues through NewKick, which
+	// uses them, and must not read them otherwise.
+	Doorbells []*Doorbell
 	// Signal raises queue q's interrupt; call it when q.NeedsInterrupt
 	// reports true.
 	Signal func(q int)
@@ -62,21 +67,18 @@ type Handler func(ctx context.Context, q int, c *Chain) (written uint32, err err
 type Workers struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
-	kick   []chan struct{}
+	kick   []*Kick
 }
 
 // StartWorkers starts a worker for each non-nil queue of env.
 func StartWorkers(ctx context.Context, env *Env, h Handler) *Workers {
 	ctx, cancel := context.WithCancel(ctx)
-	w := &Workers{cancel: cancel, kick: make([]chan struct{}, len(env.Queues))}
+	w := &Workers{cancel: cancel, kick: make([]*Kick, len(env.Queues))}
 	for i, q := range env.Queues {
 		if q == nil {
 			continue
 		}
-		w.kick[i] = make(chan struct{}, 1)
-		// Drain once at start: the driver may have queued buffers before
-		// DRIVER_OK, or notified before the worker existed.
-		w.kick[i] <- struct{}{}
+		w.kick[i] = NewKick(ctx, env, i)
 		w.wg.Add(1)
 		go func() {
 			defer w.wg.Done()
@@ -91,10 +93,7 @@ func (w *Workers) Notify(q int) {
 	if q < 0 || q >= len(w.kick) || w.kick[q] == nil {
 		return
 	}
-	select {
-	case w.kick[q] <- struct{}{}:
-	default:
-	}
+	w.kick[q].Notify()
 }
 
 // Stop ends the workers and waits for them.
@@ -103,15 +102,16 @@ func (w *Workers) Stop() {
 	w.wg.Wait()
 }
 
-func runQueue(ctx context.Context, env *Env, qi int, q *Queue, kick <-chan struct{}, h Handler) {
+// runQueue drains q at start (the driver may have queued buffers before
+// DRIVER_OK, or notified before the worker existed) and after each kick.
+func runQueue(ctx context.Context, env *Env, qi int, q *Queue, kick *Kick, h Handler) {
 	var c Chain
 	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-kick:
+		err := DrainQueue(ctx, env, qi, q, &c, h)
+		if err == nil {
+			err = kick.Wait(ctx)
 		}
-		if err := drain(ctx, env, qi, q, &c, h); err != nil {
+		if err != nil {
 			if ctx.Err() == nil {
 				env.Fail(err)
 			}
@@ -120,9 +120,11 @@ func runQueue(ctx context.Context, env *Env, qi int, q *Queue, kick <-chan struc
 	}
 }
 
-// drain processes chains until the queue is empty with notifications
-// re-enabled, signalling the driver after each batch as it asks.
-func drain(ctx context.Context, env *Env, qi int, q *Queue, c *Chain, h Handler) error {
+// DrainQueue processes queue qi's chains with h until the queue is empty
+// with notifications re-enabled, signalling the driver after each batch
+// as it asks. c is scratch space. Workers call it on each kick; a device
+// with its own event loop may call it instead.
+func DrainQueue(ctx context.Context, env *Env, qi int, q *Queue, c *Chain, h Handler) error {
 	for ctx.Err() == nil {
 		if err := q.DisableNotify(); err != nil {
 			return err

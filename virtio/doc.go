@@ -42,10 +42,12 @@
 //     offset. BAR0 reports the current address; PCIOptions.OnBARMove says
 //     when the guest moves it (memory decoding: bit 1 of the command
 //     register, also from BAR0).
-//   - Notifications: bind an ioeventfd (KVM_IOEVENTFD, MMIO, no datamatch)
-//     at BAR0+NotifyOffset(q) for each queue q < NumQueues and call
-//     PCI.Notify(q) when it fires; without ioeventfds the BARWrite path
-//     does the same.
+//   - Notifications: make a Doorbell per queue, give them to NewPCI
+//     (PCIOptions.Doorbells) and bind each as an ioeventfd (KVM_IOEVENTFD,
+//     MMIO, no datamatch, Doorbell.FD) at BAR0+NotifyOffset(q). The queue's
+//     worker waits on its doorbell itself (NewKick), so a kick wakes it
+//     with no goroutine in between. Without doorbells, or when the guest
+//     moved the BAR, the BARWrite path (PCI.Notify) reaches the device.
 //   - Interrupts: implement Interrupter. MSIX(vector, msg) is called only
 //     for an enabled, unmasked vector (the transport keeps the PBA); it can
 //     call KVM_SIGNAL_MSI with msg, or write an irqfd bound to a GSI whose

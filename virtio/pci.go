@@ -109,7 +109,12 @@ type PCIOptions struct {
 	// Context is the parent of the device workers' contexts; nil means
 	// context.Background.
 	Context context.Context
-	Log     *slog.Logger
+	// Doorbells, if set, has one Doorbell per queue (nil entries allowed)
+	// that the VMM bound to BAR0+NotifyOffset(q) with KVM_IOEVENTFD. The
+	// device's workers wait on them directly (Env.Doorbells, NewKick), so
+	// nothing else may read them; the VMM closes them after Close.
+	Doorbells []*Doorbell
+	Log       *slog.Logger
 }
 
 type queueCfg struct {
@@ -198,6 +203,9 @@ func NewPCI(dev Device, mem GuestMemory, irq Interrupter, opts PCIOptions) (*PCI
 	}
 	if opts.BARAddr%BARSize != 0 {
 		return nil, fmt.Errorf("virtio-pci: BAR0 address %#x not aligned to %#x", opts.BARAddr, BARSize)
+	}
+	if opts.Doorbells != nil && len(opts.Doorbells) != len(sizes) {
+		return nil, fmt.Errorf("virtio-pci: %d doorbells for %d queues", len(opts.Doorbells), len(sizes))
 	}
 	p := &PCI{dev: dev, mem: mem, irq: irq, opts: opts, log: opts.Log, ctx: opts.Context}
 	if p.log == nil {
@@ -632,6 +640,7 @@ func (p *PCI) activateLocked() error {
 		Mem:           p.mem,
 		Features:      p.drvFeatures,
 		Queues:        make([]*Queue, len(p.queues)),
+		Doorbells:     p.opts.Doorbells,
 		Signal:        p.signalQueue,
 		Fail:          p.fail,
 		ConfigChanged: p.ConfigChanged,

@@ -203,23 +203,44 @@ func (q *Queue) Pop(c *Chain) (bool, error) {
 // Push returns chain head to the driver with written bytes of its writable
 // buffers filled, publishing the used element and then the used index.
 func (q *Queue) Push(head uint16, written uint32) error {
+	return q.PushBatch([]UsedElem{{Head: head, Len: written}})
+}
+
+// UsedElem is one chain returned to the driver: struct virtq_used_elem.
+type UsedElem struct {
+	Head uint16
+	Len  uint32 // bytes written into the chain's writable buffers
+}
+
+// PushBatch returns several chains at once: it writes every used element,
+// then publishes the used index once, so the driver sees all of them or
+// none (one packet's buffers with VIRTIO_NET_F_MRG_RXBUF need that). The
+// chains must have been taken with Pop and not returned yet, so there are
+// never more of them than the queue's size.
+func (q *Queue) PushBatch(elems []UsedElem) error {
 	if q.err != nil {
 		return q.err
 	}
-	var elem [8]byte // struct virtq_used_elem
-	binary.LittleEndian.PutUint32(elem[0:], uint32(head))
-	binary.LittleEndian.PutUint32(elem[4:], written)
-	if err := q.mem.WriteAt(elem[:], q.usedRingAddr(q.usedIdx)); err != nil {
-		return q.fail(fmt.Errorf("%w: used element: %w", ErrRing, err))
+	if len(elems) > int(q.cfg.Size) {
+		return q.fail(fmt.Errorf("%w: %d used elements at once, queue size %d", ErrRing, len(elems), q.cfg.Size))
 	}
-	// The element must be visible before the index that publishes it. x86
-	// keeps the two stores in order; the atomic also stops the compiler
+	var elem [8]byte
+	for i, e := range elems {
+		binary.LittleEndian.PutUint32(elem[0:], uint32(e.Head))
+		binary.LittleEndian.PutUint32(elem[4:], e.Len)
+		if err := q.mem.WriteAt(elem[:], q.usedRingAddr(q.usedIdx+uint16(i))); err != nil {
+			return q.fail(fmt.Errorf("%w: used element: %w", ErrRing, err))
+		}
+	}
+	// The elements must be visible before the index that publishes them.
+	// x86 keeps the stores in order; the atomic also stops the compiler
 	// from moving them.
 	q.fence()
-	if err := q.write16(q.usedIdxAddr(), q.usedIdx+1); err != nil {
+	next := q.usedIdx + uint16(len(elems))
+	if err := q.write16(q.usedIdxAddr(), next); err != nil {
 		return err
 	}
-	q.usedIdx++
+	q.usedIdx = next
 	return nil
 }
 

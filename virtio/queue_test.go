@@ -361,3 +361,67 @@ func TestQueueConfigValidate(t *testing.T) {
 		}
 	}
 }
+
+// TestPushBatch: a batch's elements land in order from the used index,
+// wrapping the ring, and the index moves once by the batch's length; a
+// batch longer than the queue breaks it.
+func TestPushBatch(t *testing.T) {
+	tests := []struct {
+		name      string
+		before    int // single pushes first, to move the used index
+		batch     []virtio.UsedElem
+		wantIdx   uint16
+		wantErr   bool
+		wantElems []virtiotest.Used
+	}{
+		{"empty", 0, nil, 0, false, nil},
+		{"one", 0, []virtio.UsedElem{{Head: 3, Len: 1500}}, 1, false,
+			[]virtiotest.Used{{ID: 3, Len: 1500}}},
+		{"three", 0, []virtio.UsedElem{{Head: 1, Len: 1536}, {Head: 5, Len: 1536}, {Head: 2, Len: 12}}, 3, false,
+			[]virtiotest.Used{{ID: 1, Len: 1536}, {ID: 5, Len: 1536}, {ID: 2, Len: 12}}},
+		{"wraps the ring", 6, []virtio.UsedElem{{Head: 0, Len: 1}, {Head: 1, Len: 2}, {Head: 2, Len: 3}}, 9, false,
+			[]virtiotest.Used{{ID: 0, Len: 1}, {ID: 1, Len: 2}, {ID: 2, Len: 3}}},
+		{"whole queue", 0, make([]virtio.UsedElem, 8), 8, false, make([]virtiotest.Used, 8)},
+		{"longer than the queue", 0, make([]virtio.UsedElem, 9), 0, true, nil},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			mem, d, q := newQueue(t, 8, virtio.FVersion1)
+			for range tc.before {
+				if err := q.Push(7, 0); err != nil {
+					t.Fatal(err)
+				}
+			}
+			d.TakeUsed()
+			err := q.PushBatch(tc.batch)
+			if (err != nil) != tc.wantErr {
+				t.Fatalf("PushBatch = %v, want error %v", err, tc.wantErr)
+			}
+			if tc.wantErr {
+				if !errors.Is(err, virtio.ErrRing) || q.Err() == nil {
+					t.Fatalf("error %v does not break the queue (Err %v)", err, q.Err())
+				}
+				if got := d.UsedIdx(); got != uint16(tc.before) {
+					t.Fatalf("used idx %d after a refused batch", got)
+				}
+				return
+			}
+			if got := d.UsedIdx(); got != tc.wantIdx {
+				t.Fatalf("used idx %d, want %d", got, tc.wantIdx)
+			}
+			if got := d.TakeUsed(); len(got) != len(tc.wantElems) || (len(got) > 0 && !equalUsed(got, tc.wantElems)) {
+				t.Fatalf("used %+v, want %+v", got, tc.wantElems)
+			}
+			checkDirty(t, mem)
+		})
+	}
+}
+
+func equalUsed(a, b []virtiotest.Used) bool {
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
+}

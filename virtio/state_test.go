@@ -224,6 +224,9 @@ func TestQuiesceBoundedByContext(t *testing.T) {
 	f.setupQueue(0, d, virtio.NoVector)
 	f.bw(ccStatus, 1, uint64(f.status()|virtio.StatusDriverOK))
 	d.AddChain(virtiotest.Buf{Addr: buf, Len: 32, Write: true})
+	// A driver notifies after adding a buffer; without it the chain is
+	// seen only if the worker's first drain comes after AddChain.
+	p.Notify(0)
 	waitUsed(t, d, 1)
 
 	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)

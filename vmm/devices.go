@@ -28,10 +28,11 @@ type virtioDevice struct {
 	name    string
 	pci     *virtio.PCI
 	backend io.Closer // nil when the device holds no host resource
-	// notify holds one eventfd per queue, bound with KVM_IOEVENTFD to the
-	// queue's notification address, so a guest kick reaches the device
-	// without a trip through a vCPU exit handler.
-	notify []*os.File
+	// doorbells holds one eventfd per queue, bound with KVM_IOEVENTFD to
+	// the queue's notification address, so a guest kick reaches the device
+	// without a trip through a vCPU exit handler; the queue's worker waits
+	// on it directly. Closed after pci.
+	doorbells []*virtio.Doorbell
 }
 
 // NetConfig is a virtio-net device on a TAP interface: an existing TAP
@@ -146,57 +147,59 @@ func (m *Machine) addVirtio(name string, dev virtio.Device, backend io.Closer) e
 	if bar+virtio.BARSize > pciMMIOEnd {
 		return fmt.Errorf("%s: no room left for its BAR in the PCI window", name)
 	}
+	dbs := make([]*virtio.Doorbell, len(dev.QueueSizes()))
+	for q := range dbs {
+		db, err := virtio.NewDoorbell()
+		if err != nil {
+			closeDoorbells(dbs)
+			return fmt.Errorf("%s: queue %d: %w", name, q, err)
+		}
+		dbs[q] = db
+	}
 	p, err := virtio.NewPCI(dev, m.mem, &msiInterrupter{router: m.msi, log: m.log, name: name}, virtio.PCIOptions{
-		BARAddr: bar,
-		Log:     m.log.With("device", name),
+		BARAddr:   bar,
+		Doorbells: dbs,
+		Log:       m.log.With("device", name),
 	})
 	if err != nil {
+		closeDoorbells(dbs)
 		return fmt.Errorf("%s: %w", name, err)
 	}
 	if _, err := m.pci.add(p); err != nil {
 		p.Close()
+		closeDoorbells(dbs)
 		return fmt.Errorf("%s: %w", name, err)
 	}
-	d := &virtioDevice{name: name, pci: p, backend: backend}
+	d := &virtioDevice{name: name, pci: p, backend: backend, doorbells: dbs}
 	m.virtio = append(m.virtio, d)
 	return m.bindNotify(d, bar)
 }
 
-// bindNotify binds an ioeventfd to each queue's notification address in
-// the BAR and forwards its events to the device. If the guest moves the
-// BAR, the old bindings go stale and notifications fall back to MMIO exits
-// (BARWrite), which reach the device as well.
-func (m *Machine) bindNotify(d *virtioDevice, bar uint64) error {
-	for q := 0; q < d.pci.NumQueues(); q++ {
-		fd, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
-		if err != nil {
-			return fmt.Errorf("%s: eventfd: %w", d.name, err)
+func closeDoorbells(dbs []*virtio.Doorbell) []error {
+	var errs []error
+	for _, db := range dbs {
+		if db != nil {
+			errs = append(errs, db.Close())
 		}
-		f := os.NewFile(uintptr(fd), fmt.Sprintf("%s-notify%d", d.name, q))
+	}
+	return errs
+}
+
+// bindNotify binds each queue's doorbell as an ioeventfd at the queue's
+// notification address in the BAR. If the guest moves the BAR, the old
+// bindings go stale and notifications fall back to MMIO exits (BARWrite),
+// which reach the device as well.
+func (m *Machine) bindNotify(d *virtioDevice, bar uint64) error {
+	for q, db := range d.doorbells {
 		if err := m.vm.IOEventFD(&kvm.IOEventFD{
 			Addr: bar + d.pci.NotifyOffset(q),
 			Len:  2, // the driver writes the 16-bit queue index
-			FD:   int32(fd),
+			FD:   int32(db.FD()),
 		}); err != nil {
-			f.Close()
 			return fmt.Errorf("%s: queue %d: %w", d.name, q, err)
 		}
-		d.notify = append(d.notify, f)
-		go forwardNotify(f, d.pci, q)
 	}
 	return nil
-}
-
-// forwardNotify turns each eventfd count into a queue notification until
-// the eventfd is closed.
-func forwardNotify(f *os.File, p *virtio.PCI, q int) {
-	buf := make([]byte, 8)
-	for {
-		if _, err := f.Read(buf); err != nil {
-			return
-		}
-		p.Notify(q)
-	}
 }
 
 // wireVirtio puts the opened devices on the PCI bus. It owns devs: each is
@@ -234,10 +237,8 @@ func (m *Machine) mmio(gpa uint64, data []byte, write bool) bool {
 func (m *Machine) closeVirtio() []error {
 	var errs []error
 	for _, d := range m.virtio {
-		for _, f := range d.notify {
-			errs = append(errs, f.Close())
-		}
 		errs = append(errs, d.pci.Close())
+		errs = append(errs, closeDoorbells(d.doorbells)...)
 		if d.backend != nil {
 			errs = append(errs, d.backend.Close())
 		}

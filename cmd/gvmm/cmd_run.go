@@ -139,8 +139,16 @@ func runCmd(ctx context.Context, e *env, args []string) error {
 		return explainNewError(err)
 	}
 	holder.set(m)
+	stopProfile, err := startCPUProfile()
+	if err != nil {
+		m.Close()
+		return err
+	}
 	start := time.Now()
 	reason, err := runMachine(ctx, m, con, incoming)
+	if perr := stopProfile(); perr != nil {
+		e.log.Warn("CPU profile", "err", perr)
+	}
 	holder.retire()
 	if *stats {
 		printStats(e.stderr, m, time.Since(start))

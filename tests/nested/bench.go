@@ -122,7 +122,8 @@ func benchMode(ctx context.Context, p *progress, args []string) error {
 	ioCommon := []string{"-n", fmt.Sprint(iof.runs), "-reps", fmt.Sprint(iof.reps),
 		"-disk-mib", fmt.Sprint(iof.diskMiB), "-net-mib", fmt.Sprint(iof.netMiB),
 		"-mem", *guestMem, "-cpus", fmt.Sprint(*guestCPUs), "-vmms", iof.vmms,
-		"-boot-timeout", bootTimeout.String(), fmt.Sprintf("-v=%v", *verbose)}
+		"-boot-timeout", bootTimeout.String(), fmt.Sprintf("-v=%v", *verbose),
+		fmt.Sprintf("-cpuprofile=%v", iof.cpuProfile)}
 	migCommon := []string{"-n", fmt.Sprint(*migN), "-mem", *guestMem, "-cpus", fmt.Sprint(*guestCPUs),
 		"-vmms", *migVMMs, "-gvmm-compress", *migCompress, "-boot-timeout", bootTimeout.String(), fmt.Sprintf("-v=%v", *verbose)}
 	report := func(parser *consoleParser) error {
@@ -267,6 +268,7 @@ type ioFlags struct {
 	runs, reps      int
 	diskMiB, netMiB int
 	vmms            string
+	cpuProfile      bool
 }
 
 // The default sizes keep one transfer to seconds under nested emulation
@@ -279,6 +281,7 @@ func (f *ioFlags) register(fs *flag.FlagSet) {
 	fs.IntVar(&f.diskMiB, "disk-mib", 64, "MiB written, then read, with O_DIRECT on virtio-blk per measurement")
 	fs.IntVar(&f.netMiB, "net-mib", 64, "MiB sent over TCP from the guest to the host per measurement")
 	fs.StringVar(&f.vmms, "io-vmms", "gvmm,qemu", "comma-separated VMMs for the I/O benchmark: gvmm, qemu (-M pc)")
+	fs.BoolVar(&f.cpuProfile, "io-cpuprofile", false, "CPU-profile gvmm's first I/O boot (GVMM_CPUPROFILE) and print the profile, base64, on the console")
 }
 
 // ioReport prints the I/O table, the failed transfers and the verdicts on

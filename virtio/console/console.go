@@ -134,7 +134,7 @@ type activation struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 	// rxKick wakes the receive goroutine when the driver posts buffers.
-	rxKick  chan struct{}
+	rxKick  *virtio.Kick
 	workers *virtio.Workers
 }
 
@@ -146,7 +146,7 @@ func (d *Device) Activate(ctx context.Context, env *virtio.Env) error {
 		return errors.New("virtio-console: already active")
 	}
 	ctx, cancel := context.WithCancel(ctx)
-	a := &activation{d: d, env: env, cancel: cancel, rxKick: make(chan struct{}, 1)}
+	a := &activation{d: d, env: env, cancel: cancel, rxKick: virtio.NewKick(ctx, env, ReceiveQ)}
 	if rxq := queueAt(env, ReceiveQ); rxq != nil {
 		a.wg.Add(1)
 		go func() {
@@ -185,10 +185,7 @@ func (d *Device) Notify(q int) {
 	}
 	switch q {
 	case ReceiveQ:
-		select {
-		case a.rxKick <- struct{}{}:
-		default:
-		}
+		a.rxKick.Notify()
 	case TransmitQ:
 		if a.workers != nil {
 			a.workers.Notify(q)
@@ -280,12 +277,10 @@ func (a *activation) deliver(ctx context.Context, q *virtio.Queue, c *virtio.Cha
 			if more {
 				continue
 			}
-			select {
-			case <-a.rxKick:
-				continue
-			case <-ctx.Done():
-				return b, ctx.Err()
+			if err := a.rxKick.Wait(ctx); err != nil {
+				return b, err
 			}
+			continue
 		}
 		// Readable descriptors in a receive chain carry nothing for the
 		// device and are ignored; a chain with no writable bytes is

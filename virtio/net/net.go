@@ -26,7 +26,7 @@ const (
 	FHostTSO4  uint64 = 1 << 11 // VIRTIO_NET_F_HOST_TSO4
 	FHostTSO6  uint64 = 1 << 12 // VIRTIO_NET_F_HOST_TSO6
 	FHostECN   uint64 = 1 << 13 // VIRTIO_NET_F_HOST_ECN
-	FMrgRxbuf  uint64 = 1 << 15 // VIRTIO_NET_F_MRG_RXBUF (not offered)
+	FMrgRxbuf  uint64 = 1 << 15 // VIRTIO_NET_F_MRG_RXBUF
 	FStatus    uint64 = 1 << 16 // VIRTIO_NET_F_STATUS
 
 	// OffloadFeatures are the offloads a Backend may support.
@@ -51,7 +51,8 @@ const (
 	// virtio_net_config.
 	configSize = 10
 	// rxBatch bounds how many packets the device receives before it
-	// raises an interrupt, so a busy backend does not starve the guest.
+	// raises an interrupt, so a busy backend does not starve the guest,
+	// and, in the event loop, before it serves transmit again.
 	rxBatch = 64
 	// maxIovecs is IOV_MAX; longer transmit chains are copied first.
 	maxIovecs = 1024
@@ -105,8 +106,9 @@ type Device struct {
 // activation is what one Activate started; Reset stops it.
 type activation struct {
 	cancel  context.CancelFunc
-	tx      *virtio.Workers
-	rxKick  chan struct{}
+	tx      *virtio.Workers // nil with the event loop
+	txKick  *virtio.Kick    // the event loop's transmit kick, else nil
+	rxKick  *virtio.Kick
 	rxDone  chan struct{} // closed when the receive goroutine ends
 	started bool          // the receive goroutine was started
 }
@@ -136,7 +138,11 @@ func New(be Backend, opts Options) (*Device, error) {
 	default:
 		copy(d.mac[:], opts.MAC)
 	}
-	d.features = FMac | FStatus
+	// MRG_RXBUF lets the driver post small receive buffers and the device
+	// spread a large packet over several. Without it a driver that takes
+	// TSO must post 64 KiB chains (Linux: 17 pages each, "big packets"),
+	// and refills one for every ACK it receives.
+	d.features = FMac | FStatus | FMrgRxbuf
 	if !opts.NoOffloads {
 		d.features |= be.Offloads() & OffloadFeatures
 	}
@@ -208,7 +214,19 @@ func (d *Device) Activate(ctx context.Context, env *virtio.Env) error {
 		return fmt.Errorf("virtio-net: set backend offloads: %w", err)
 	}
 	ctx, cancel := context.WithCancel(ctx)
-	a := &activation{cancel: cancel, rxKick: make(chan struct{}, 1), rxDone: make(chan struct{})}
+	a := &activation{cancel: cancel, rxKick: virtio.NewKick(ctx, env, RxQueue), rxDone: make(chan struct{})}
+	if l := d.eventLoop(env); l != nil {
+		// Notifications that come as calls ring the doorbells the loop
+		// waits on.
+		a.txKick = virtio.NewKick(ctx, env, TxQueue)
+		a.started = true
+		go func() {
+			defer close(a.rxDone)
+			l.run(ctx)
+		}()
+		d.run = a
+		return nil
+	}
 	if len(env.Queues) > TxQueue && env.Queues[TxQueue] != nil {
 		txEnv := *env
 		txEnv.Queues = make([]*virtio.Queue, len(env.Queues))
@@ -217,7 +235,7 @@ func (d *Device) Activate(ctx context.Context, env *virtio.Env) error {
 		a.tx = virtio.StartWorkers(ctx, &txEnv, t.handle)
 	}
 	if len(env.Queues) > RxQueue && env.Queues[RxQueue] != nil {
-		r := &receiver{dev: d, env: env, q: env.Queues[RxQueue], kick: a.rxKick, buf: make([]byte, MaxPacket)}
+		r := d.newReceiver(env, a.rxKick)
 		a.started = true
 		go func() {
 			defer close(a.rxDone)
@@ -226,6 +244,31 @@ func (d *Device) Activate(ctx context.Context, env *virtio.Env) error {
 	}
 	d.run = a
 	return nil
+}
+
+func (d *Device) newReceiver(env *virtio.Env, kick *virtio.Kick) *receiver {
+	return &receiver{dev: d, env: env, q: env.Queues[RxQueue], kick: kick, buf: make([]byte, MaxPacket),
+		mergeable: env.Features&FMrgRxbuf != 0}
+}
+
+// eventLoop returns the loop that serves both queues from one goroutine
+// when the backend can be polled (PollBackend), the driver enabled both
+// queues and the transport has their doorbells; nil otherwise.
+func (d *Device) eventLoop(env *virtio.Env) *eventLoop {
+	pb, ok := d.be.(PollBackend)
+	if !ok || len(env.Queues) <= TxQueue || len(env.Doorbells) <= TxQueue {
+		return nil
+	}
+	txq, rxq := env.Queues[TxQueue], env.Queues[RxQueue]
+	txBell, rxBell := env.Doorbells[TxQueue], env.Doorbells[RxQueue]
+	if txq == nil || rxq == nil || txBell == nil || rxBell == nil {
+		return nil
+	}
+	return &eventLoop{
+		dev: d, env: env, txq: txq, fd: pb.PollFD(), txBell: txBell, rxBell: rxBell,
+		tx: &transmitter{dev: d, mem: env.Mem},
+		rx: d.newReceiver(env, nil),
+	}
 }
 
 // Notify implements virtio.Device.
@@ -238,11 +281,11 @@ func (d *Device) Notify(q int) {
 	}
 	switch q {
 	case RxQueue:
-		select {
-		case a.rxKick <- struct{}{}:
-		default:
-		}
+		a.rxKick.Notify()
 	case TxQueue:
+		if a.txKick != nil {
+			a.txKick.Notify()
+		}
 		if a.tx != nil {
 			a.tx.Notify(q)
 		}
@@ -310,17 +353,46 @@ func (t *transmitter) handle(_ context.Context, _ int, c *virtio.Chain) (uint32,
 	return 0, nil
 }
 
-// receiver owns the receive queue of one activation.
+// receiver owns the receive queue of one activation. It moves packets
+// from the backend into the driver's buffers in steps (pump) that never
+// block, so that one goroutine can also serve the transmit queue
+// (eventLoop); loop is the goroutine that only receives.
 type receiver struct {
 	dev  *Device
 	env  *virtio.Env
 	q    *virtio.Queue
-	kick <-chan struct{}
+	kick *virtio.Kick
 	buf  []byte
-	c    virtio.Chain
+	// mergeable is VIRTIO_NET_F_MRG_RXBUF: a packet may take several
+	// chains, chains[:n] for one packet, returned with used in one batch.
+	mergeable bool
+	chains    []virtio.Chain
+	used      []virtio.UsedElem
+	// pkt is the packet being delivered (a prefix of buf), nil when none;
+	// n chains are taken for it so far, holding room bytes.
+	pkt  []byte
+	n    int
+	room uint64
 	// unsignalled counts chains pushed since the last NeedsInterrupt.
 	unsignalled int
 }
+
+// pumpState is why pump stopped.
+type pumpState int
+
+const (
+	// pumpIdle: the backend has no packet waiting.
+	pumpIdle pumpState = iota
+	// pumpNeedBuffers: a packet waits for the driver's buffers, and the
+	// driver was asked to notify when it posts some.
+	pumpNeedBuffers
+	// pumpBackendError: the backend failed (counted and logged); try
+	// again after errBackoff.
+	pumpBackendError
+	// pumpMore: rxBatch packets were delivered and more may wait; call
+	// pump again (after serving transmit, in the event loop).
+	pumpMore
+)
 
 func (r *receiver) run(ctx context.Context) {
 	if err := r.loop(ctx); err != nil && ctx.Err() == nil {
@@ -336,95 +408,145 @@ func (r *receiver) loop(ctx context.Context) error {
 		return err
 	}
 	for ctx.Err() == nil {
-		n, err := d.be.ReadPacket(r.buf)
-		switch {
-		case errors.Is(err, ErrWouldBlock):
-			if err := r.flush(); err != nil {
-				return err
-			}
+		st, err := r.pump()
+		if err != nil {
+			return err
+		}
+		switch st {
+		case pumpIdle:
 			if err := d.be.WaitPacket(ctx); err != nil && ctx.Err() == nil {
 				d.stats.rxErrors.Add(1)
 				d.log.Warn("virtio-net: backend wait", "err", err)
 				sleep(ctx, errBackoff)
 			}
-			continue
-		case err != nil:
-			d.stats.rxErrors.Add(1)
-			d.log.Warn("virtio-net: backend read", "err", err)
-			sleep(ctx, errBackoff)
-			continue
-		}
-		if n < HeaderLen {
-			d.stats.rxDropped.Add(1)
-			continue
-		}
-		ok, err := r.nextChain(ctx)
-		if err != nil || !ok {
-			return err
-		}
-		if err := r.deliver(r.buf[:n]); err != nil {
-			return err
-		}
-		if r.unsignalled >= rxBatch {
-			if err := r.flush(); err != nil {
+		case pumpNeedBuffers:
+			if err := r.kick.Wait(ctx); err != nil {
+				if ctx.Err() != nil {
+					return nil
+				}
 				return err
 			}
+			if err := r.q.DisableNotify(); err != nil {
+				return err
+			}
+		case pumpBackendError:
+			sleep(ctx, errBackoff)
+		case pumpMore:
 		}
 	}
 	return nil
 }
 
-// deliver copies pkt into the popped chain r.c and returns the chain.
-func (r *receiver) deliver(pkt []byte) error {
+// pump delivers packets until the backend has none, the driver's buffers
+// run out or it delivered rxBatch packets, raising the interrupt before it
+// stops. It never blocks and returns an error only when the queue broke.
+func (r *receiver) pump() (pumpState, error) {
 	d := r.dev
-	var written uint32
-	if uint64(len(pkt)) > r.c.WritableLen {
-		d.stats.rxDropped.Add(1)
-		d.log.Debug("virtio-net: receive buffer too small", "packet", len(pkt), "buffer", r.c.WritableLen)
-	} else {
-		// num_buffers is 1 without VIRTIO_NET_F_MRG_RXBUF (§5.1.6.4).
-		binary.LittleEndian.PutUint16(pkt[10:], 1)
-		w, err := r.c.WriteAt(pkt, 0)
-		if err != nil {
-			return fmt.Errorf("virtio-net: receive: %w", err)
+	for budget := rxBatch; ; budget-- {
+		if budget == 0 {
+			return pumpMore, r.flush()
 		}
-		written = uint32(w)
+		if r.pkt == nil {
+			n, err := d.be.ReadPacket(r.buf)
+			switch {
+			case errors.Is(err, ErrWouldBlock):
+				return pumpIdle, r.flush()
+			case err != nil:
+				d.stats.rxErrors.Add(1)
+				d.log.Warn("virtio-net: backend read", "err", err)
+				return pumpBackendError, r.flush()
+			case n < HeaderLen:
+				d.stats.rxDropped.Add(1)
+				continue
+			}
+			r.pkt = r.buf[:n]
+		}
+		ok, err := r.deliver()
+		if err != nil {
+			return 0, err
+		}
+		if !ok {
+			return pumpNeedBuffers, nil
+		}
+	}
+}
+
+// deliver copies r.pkt into as many receive chains as it needs (one
+// without VIRTIO_NET_F_MRG_RXBUF) and returns them to the driver
+// together. When the driver has posted too few, it keeps the chains taken
+// so far, raises the interrupt, asks to be notified and reports false; a
+// later call goes on from there. A packet that does not fit in the most
+// chains it may take is dropped and those chains returned empty.
+func (r *receiver) deliver() (bool, error) {
+	d := r.dev
+	// At most one queue's worth of chains: the driver cannot have posted
+	// more, and a driver that posts empty chains cannot keep us here.
+	limit := 1
+	if r.mergeable {
+		limit = int(r.q.Size())
+	}
+	for r.room < uint64(len(r.pkt)) && r.n < limit {
+		if r.n == len(r.chains) {
+			r.chains = append(r.chains, virtio.Chain{})
+		}
+		ok, err := r.q.Pop(&r.chains[r.n])
+		if err != nil {
+			return false, err
+		}
+		if !ok {
+			if err := r.flush(); err != nil {
+				return false, err
+			}
+			more, err := r.q.EnableNotify()
+			if err != nil || !more {
+				return false, err
+			}
+			if err := r.q.DisableNotify(); err != nil {
+				return false, err
+			}
+			continue
+		}
+		r.room += r.chains[r.n].WritableLen
+		r.n++
+	}
+	pkt, n := r.pkt, r.n
+	r.pkt, r.n, r.room = nil, 0, 0
+	r.used = r.used[:0]
+	if chainRoom(r.chains[:n]) < uint64(len(pkt)) {
+		d.stats.rxDropped.Add(1)
+		d.log.Debug("virtio-net: receive buffers too small", "packet", len(pkt), "chains", n)
+		for _, c := range r.chains[:n] {
+			r.used = append(r.used, virtio.UsedElem{Head: c.Head})
+		}
+	} else {
+		// num_buffers: how many chains the packet took (§5.1.6.4).
+		binary.LittleEndian.PutUint16(pkt[10:], uint16(n))
+		rest := pkt
+		for _, c := range r.chains[:n] {
+			w, err := c.WriteAt(rest, 0)
+			if err != nil {
+				return false, fmt.Errorf("virtio-net: receive: %w", err)
+			}
+			rest = rest[w:]
+			r.used = append(r.used, virtio.UsedElem{Head: c.Head, Len: uint32(w)})
+		}
 		d.stats.rxPackets.Add(1)
 		d.stats.rxBytes.Add(uint64(len(pkt) - HeaderLen))
 	}
-	if err := r.q.Push(r.c.Head, written); err != nil {
-		return err
+	if err := r.q.PushBatch(r.used); err != nil {
+		return false, err
 	}
-	r.unsignalled++
-	return nil
+	r.unsignalled += n
+	return true, nil
 }
 
-// nextChain pops a receive chain into r.c, waiting for the driver to post
-// one. It reports false when ctx ends first.
-func (r *receiver) nextChain(ctx context.Context) (bool, error) {
-	for {
-		ok, err := r.q.Pop(&r.c)
-		if err != nil || ok {
-			return ok, err
-		}
-		if err := r.flush(); err != nil {
-			return false, err
-		}
-		more, err := r.q.EnableNotify()
-		if err != nil {
-			return false, err
-		}
-		if !more {
-			select {
-			case <-ctx.Done():
-				return false, nil
-			case <-r.kick:
-			}
-		}
-		if err := r.q.DisableNotify(); err != nil {
-			return false, err
-		}
+// chainRoom is the writable room of chains.
+func chainRoom(chains []virtio.Chain) uint64 {
+	var n uint64
+	for _, c := range chains {
+		n += c.WritableLen
 	}
+	return n
 }
 
 // flush raises the receive interrupt for chains pushed since the last

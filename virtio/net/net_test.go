@@ -111,6 +111,9 @@ func frame(n int, seed byte) []byte {
 
 const baseFeatures = virtio.FVersion1 | virtionet.FMac | virtionet.FStatus
 
+// devFeatures are what every device offers, whatever its backend.
+const devFeatures = virtionet.FMac | virtionet.FStatus | virtionet.FMrgRxbuf
+
 type env struct {
 	mem    *virtiotest.Memory
 	rx, tx *virtiotest.Driver
@@ -359,6 +362,124 @@ func TestReceive(t *testing.T) {
 	}
 }
 
+// TestReceiveMergeable: with VIRTIO_NET_F_MRG_RXBUF a packet takes as
+// many chains as it needs, in order, num_buffers says how many, and they
+// are returned together; one that all the queue's chains cannot hold is
+// dropped and its chains returned empty.
+func TestReceiveMergeable(t *testing.T) {
+	tests := []struct {
+		name     string
+		chains   []uint32 // one writable descriptor each
+		pkt      int      // frame length
+		wantLens []uint32
+		wantNum  uint16 // num_buffers in the first chain; 0: dropped
+	}{
+		{"fits one", []uint32{1526, 1526}, 60, []uint32{72}, 1},
+		{"exact two", []uint32{1000, 526}, 1514, []uint32{1000, 526}, 2},
+		{"GSO over many", []uint32{4096, 4096, 4096, 4096, 4096, 4096, 4096, 4096, 4096, 4096, 4096, 4096, 4096, 4096, 4096, 4096, 4096},
+			65535 + 14, []uint32{4096, 4096, 4096, 4096, 4096, 4096, 4096, 4096, 4096, 4096, 4096, 4096, 4096, 4096, 4096, 4096, 65561 - 16*4096}, 17},
+		{"header split", []uint32{4, 8, 100}, 60, []uint32{4, 8, 60}, 3},
+		{"empty chain taken", []uint32{0, 1526}, 60, []uint32{0, 72}, 2},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newEnv()
+			be := newFake(0)
+			dev, err := virtionet.New(be, virtionet.Options{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			var addrs []uint64
+			for _, l := range tc.chains {
+				a := e.alloc(uint64(max(l, 1)))
+				e.rx.AddChain(virtiotest.Buf{Addr: a, Len: l, Write: true})
+				addrs = append(addrs, a)
+			}
+			e.mem.Undirtied(0)
+			pkt := append(header(0, 0, 0xbeef), frame(tc.pkt, 7)...)
+			be.rx <- append([]byte(nil), pkt...)
+			h := activate(t, dev, e, baseFeatures|virtionet.FMrgRxbuf)
+			if err := h.WaitUsed(e.rx, uint16(len(tc.wantLens)), 5*time.Second); err != nil {
+				t.Fatal(err)
+			}
+			dev.Reset()
+			used := e.rx.TakeUsed()
+			if len(used) != len(tc.wantLens) {
+				t.Fatalf("used %+v, want lengths %v", used, tc.wantLens)
+			}
+			var got []byte
+			for i, u := range used {
+				if u.Len != tc.wantLens[i] || u.ID != uint32(i) {
+					t.Fatalf("used[%d] = %+v, want chain %d length %d", i, u, i, tc.wantLens[i])
+				}
+				got = append(got, e.mem.GuestRead(addrs[i], uint64(u.Len))...)
+			}
+			binary.LittleEndian.PutUint16(pkt[10:], tc.wantNum)
+			if !bytes.Equal(got, pkt) {
+				t.Fatalf("buffers hold % x..., want % x...", got[:12], pkt[:12])
+			}
+			if st := dev.Stats(); st.RxPackets != 1 || st.RxDropped != 0 {
+				t.Fatalf("stats %+v", st)
+			}
+			if bad, _ := e.mem.Undirtied(8); len(bad) > 0 {
+				t.Fatalf("undirtied writes at %#x", bad)
+			}
+		})
+	}
+	t.Run("too big for the queue", func(t *testing.T) {
+		e := newEnv()
+		be := newFake(0)
+		dev, err := virtionet.New(be, virtionet.Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		a := e.alloc(16)
+		for range e.rx.Size {
+			e.rx.AddChain(virtiotest.Buf{Addr: a, Len: 16, Write: true})
+		}
+		be.rx <- append(header(0, 0, 0), frame(1514, 1)...)
+		h := activate(t, dev, e, baseFeatures|virtionet.FMrgRxbuf)
+		if err := h.WaitUsed(e.rx, e.rx.Size, 5*time.Second); err != nil {
+			t.Fatal(err)
+		}
+		dev.Reset()
+		for _, u := range e.rx.TakeUsed() {
+			if u.Len != 0 {
+				t.Fatalf("dropped packet's chain %+v has a length", u)
+			}
+		}
+		if st := dev.Stats(); st.RxDropped != 1 || st.RxPackets != 0 || h.Failure() != nil {
+			t.Fatalf("stats %+v, failure %v", st, h.Failure())
+		}
+	})
+	t.Run("waits for more buffers", func(t *testing.T) {
+		e := newEnv()
+		be := newFake(0)
+		dev, err := virtionet.New(be, virtionet.Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		a := e.alloc(1000)
+		e.rx.AddChain(virtiotest.Buf{Addr: a, Len: 1000, Write: true})
+		be.rx <- append(header(0, 0, 0), frame(1514, 2)...)
+		h := activate(t, dev, e, baseFeatures|virtionet.FMrgRxbuf)
+		time.Sleep(20 * time.Millisecond)
+		if e.rx.UsedIdx() != 0 {
+			t.Fatalf("used %d before the packet's second buffer", e.rx.UsedIdx())
+		}
+		b := e.alloc(1000)
+		e.rx.AddChain(virtiotest.Buf{Addr: b, Len: 1000, Write: true})
+		dev.Notify(virtionet.RxQueue)
+		if err := h.WaitUsed(e.rx, 2, 5*time.Second); err != nil {
+			t.Fatal(err)
+		}
+		dev.Reset()
+		if got := e.rx.TakeUsed(); len(got) != 2 || got[0].Len != 1000 || got[1].Len != 526 {
+			t.Fatalf("used %+v", got)
+		}
+	})
+}
+
 // TestReceiveWaitsForBuffers: a packet that finds no buffer waits for the
 // driver to post one and notify.
 func TestReceiveWaitsForBuffers(t *testing.T) {
@@ -423,13 +544,13 @@ func TestConfigAndFeatures(t *testing.T) {
 		wantSet   uint64
 		wantErr   bool
 	}{
-		{"given MAC, no offloads", virtionet.Options{MAC: mac}, 0, 0, virtionet.FMac | virtionet.FStatus, 0, false},
+		{"given MAC, no offloads", virtionet.Options{MAC: mac}, 0, 0, devFeatures, 0, false},
 		{"offloads offered and set", virtionet.Options{MAC: mac}, virtionet.OffloadFeatures,
 			virtionet.FGuestCsum | virtionet.FGuestTSO4 | virtionet.FHostTSO4 | virtionet.FCsum,
-			virtionet.FMac | virtionet.FStatus | virtionet.OffloadFeatures, virtionet.FGuestCsum | virtionet.FGuestTSO4, false},
+			devFeatures | virtionet.OffloadFeatures, virtionet.FGuestCsum | virtionet.FGuestTSO4, false},
 		{"TSO without GUEST_CSUM sets none", virtionet.Options{MAC: mac}, virtionet.OffloadFeatures,
-			virtionet.FGuestTSO4, virtionet.FMac | virtionet.FStatus | virtionet.OffloadFeatures, 0, false},
-		{"NoOffloads", virtionet.Options{MAC: mac, NoOffloads: true}, virtionet.OffloadFeatures, 0, virtionet.FMac | virtionet.FStatus, 0, false},
+			virtionet.FGuestTSO4, devFeatures | virtionet.OffloadFeatures, 0, false},
+		{"NoOffloads", virtionet.Options{MAC: mac, NoOffloads: true}, virtionet.OffloadFeatures, 0, devFeatures, 0, false},
 		{"multicast MAC", virtionet.Options{MAC: stdnet.HardwareAddr{1, 2, 3, 4, 5, 6}}, 0, 0, 0, 0, true},
 		{"short MAC", virtionet.Options{MAC: stdnet.HardwareAddr{2, 2, 3}}, 0, 0, 0, 0, true},
 	}

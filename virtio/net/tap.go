@@ -2,11 +2,11 @@ package net
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"os"
 	"syscall"
-	"time"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -24,17 +24,26 @@ type TAPOptions struct {
 // TAP is a Backend over a Linux TAP interface opened with IFF_VNET_HDR.
 // Close it (or the Device that owns it) to release it; a TAP that OpenTAP
 // created disappears then.
+//
+// Its descriptor is non-blocking but kept out of the Go runtime's poller:
+// the device's event loop waits for it in its own epoll set, and had the
+// runtime's poller the descriptor too, every packet would also wake the
+// runtime's polling thread, for nothing. WaitPacket and a writev that
+// finds the TAP's queue full wait with poll(2) instead.
 type TAP struct {
 	name string
-	f    *os.File // non-blocking, in the runtime's poller
+	fd   int      // f's descriptor, for PollFD and poll(2)
+	f    *os.File // made while fd was blocking: not in the runtime's poller
 	rc   syscall.RawConn
+	// wake is an eventfd that ends a WaitPacket when its context ends.
+	wake *os.File
 	// offloads are the OffloadFeatures the kernel's TAP can carry.
 	offloads uint64
 	// created is whether OpenTAP made the interface.
 	created bool
 }
 
-var _ Backend = (*TAP)(nil)
+var _ PollBackend = (*TAP)(nil)
 
 // OpenTAP opens the TAP interface name, creating it when no interface has
 // that name, and brings it up (through netlink), attached to
@@ -71,25 +80,38 @@ func OpenTAP(name string, opts TAPOptions) (*TAP, error) {
 		}
 	}
 
-	fd, err := unix.Open(tunPath, unix.O_RDWR|unix.O_CLOEXEC|unix.O_NONBLOCK, 0)
+	fd, err := unix.Open(tunPath, unix.O_RDWR|unix.O_CLOEXEC, 0)
 	if err != nil {
 		if errors.Is(err, os.ErrPermission) {
 			return nil, fmt.Errorf("virtio-net: TAP %q: no permission to open %s (needs CAP_NET_ADMIN or access to it): %w", name, tunPath, err)
 		}
 		return nil, fmt.Errorf("virtio-net: TAP %q: open %s: %w", name, tunPath, err)
 	}
-	t := &TAP{name: name, created: existing == nil}
+	t := &TAP{name: name, fd: fd, created: existing == nil}
 	if err := t.setup(fd); err != nil {
 		unix.Close(fd)
 		return nil, err
 	}
+	// os.NewFile puts a descriptor in the runtime's poller only if it is
+	// non-blocking when it is wrapped; O_NONBLOCK comes after.
 	t.f = os.NewFile(uintptr(fd), tunPath+":"+name)
 	if t.rc, err = t.f.SyscallConn(); err != nil {
 		t.f.Close()
 		return nil, fmt.Errorf("virtio-net: TAP %q: %w", name, err)
 	}
+	if err := unix.SetNonblock(fd, true); err != nil {
+		t.f.Close()
+		return nil, fmt.Errorf("virtio-net: TAP %q: set non-blocking: %w", name, err)
+	}
+	wfd, err := unix.Eventfd(0, unix.EFD_CLOEXEC) // blocking: not in the poller either
+	if err != nil {
+		t.f.Close()
+		return nil, fmt.Errorf("virtio-net: TAP %q: eventfd: %w", name, err)
+	}
+	t.wake = os.NewFile(uintptr(wfd), "tap-wake:"+name)
 	if err := t.configure(bridge); err != nil {
 		t.f.Close()
+		t.wake.Close()
 		return nil, err
 	}
 	return t, nil
@@ -182,50 +204,81 @@ func (t *TAP) ReadPacket(p []byte) (int, error) {
 	return n, nil
 }
 
-// aLongTimeAgo is a deadline in the past, to wake a blocked WaitPacket.
-var aLongTimeAgo = time.Unix(1, 0)
-
-// WaitPacket implements Backend, through the runtime's poller: the
-// callback declines once so that the poller waits for readability. A
-// packet that arrived after ReadPacket's EAGAIN left the poller ready, so
-// no wakeup is lost; a stale readiness is an allowed early return.
+// WaitPacket implements Backend with poll(2) on the TAP and t.wake, which
+// the end of ctx rings. A ring left over from an earlier context makes one
+// early return, which the interface allows.
 func (t *TAP) WaitPacket(ctx context.Context) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	if err := t.f.SetReadDeadline(time.Time{}); err != nil {
-		return fmt.Errorf("virtio-net: TAP %q: %w", t.name, err)
-	}
-	stop := context.AfterFunc(ctx, func() { t.f.SetReadDeadline(aLongTimeAgo) })
-	defer stop()
-	waited := false
-	err := t.rc.Read(func(uintptr) bool {
-		if waited {
-			return true
-		}
-		waited = true
-		return false
+	stop := context.AfterFunc(ctx, func() {
+		var one [8]byte
+		binary.NativeEndian.PutUint64(one[:], 1)
+		t.wake.Write(one[:])
 	})
-	if err := ctx.Err(); err != nil {
-		return err
-	}
-	if errors.Is(err, os.ErrDeadlineExceeded) {
-		return nil // an earlier context's AfterFunc: spurious
-	}
+	defer stop()
+	woken, err := t.poll(unix.POLLIN, true)
 	if err != nil {
 		return fmt.Errorf("virtio-net: TAP %q: wait: %w", t.name, err)
 	}
-	return nil
+	if woken {
+		var b [8]byte
+		t.wake.Read(b[:]) // readable: does not block
+	}
+	return ctx.Err()
+}
+
+// poll waits until the TAP has the events or, withWake, until t.wake is
+// rung, and reports whether t.wake was.
+func (t *TAP) poll(events int16, withWake bool) (woken bool, err error) {
+	var perr error
+	err = t.rc.Control(func(fd uintptr) {
+		wc, err := t.wake.SyscallConn()
+		if err != nil {
+			perr = err
+			return
+		}
+		err = wc.Control(func(wfd uintptr) {
+			fds := []unix.PollFd{{Fd: int32(fd), Events: events}, {Fd: int32(wfd), Events: unix.POLLIN}}
+			if !withWake {
+				fds = fds[:1]
+			}
+			for {
+				_, perr = unix.Poll(fds, -1)
+				if perr != unix.EINTR {
+					break
+				}
+			}
+			woken = withWake && fds[1].Revents&unix.POLLIN != 0
+		})
+		if err != nil {
+			perr = err
+		}
+	})
+	if err == nil {
+		err = perr
+	}
+	return woken, err
 }
 
 // WritePacket implements Backend with one writev.
 func (t *TAP) WritePacket(bufs [][]byte) error {
 	var n int
 	var werr error
-	err := t.rc.Write(func(fd uintptr) bool {
-		n, werr = unix.Writev(int(fd), bufs)
-		return !errors.Is(werr, unix.EAGAIN)
-	})
+	var err error
+	for {
+		err = t.rc.Write(func(fd uintptr) bool {
+			n, werr = unix.Writev(int(fd), bufs)
+			return true
+		})
+		if err != nil || !errors.Is(werr, unix.EAGAIN) {
+			break
+		}
+		// The TAP's queue is full: wait until it drains.
+		if _, err = t.poll(unix.POLLOUT, false); err != nil {
+			break
+		}
+	}
 	if err == nil {
 		err = werr
 	}
@@ -241,6 +294,9 @@ func (t *TAP) WritePacket(bufs [][]byte) error {
 	}
 	return nil
 }
+
+// PollFD implements PollBackend: the TAP's descriptor, valid until Close.
+func (t *TAP) PollFD() int { return t.fd }
 
 // Offloads implements Backend.
 func (t *TAP) Offloads() uint64 { return t.offloads }
@@ -275,6 +331,7 @@ func (t *TAP) SetOffloads(features uint64) error {
 // Close implements Backend. A TAP that OpenTAP created goes away with its
 // last file descriptor.
 func (t *TAP) Close() error {
+	t.wake.Close()
 	if err := t.f.Close(); err != nil {
 		return fmt.Errorf("virtio-net: TAP %q: close: %w", t.name, err)
 	}

@@ -188,14 +188,20 @@ func TestOpenTAPBridge(t *testing.T) {
 
 // TestTAPTraffic sends an ARP request from the guest through the device
 // and the TAP to the kernel, and receives the kernel's reply into a guest
-// buffer, with offloads negotiated.
-func TestTAPTraffic(t *testing.T) {
+// buffer, with offloads negotiated: with a goroutine per queue.
+func TestTAPTraffic(t *testing.T) { tapTraffic(t, "gvmmtap6", false) }
+
+// TestTAPTrafficEventLoop is TestTAPTraffic with queue doorbells, so the
+// device's event loop serves the TAP, with mergeable receive buffers.
+func TestTAPTrafficEventLoop(t *testing.T) { tapTraffic(t, "gvmmtap7", true) }
+
+func tapTraffic(t *testing.T, name string, doorbells bool) {
 	inNewNetns(t)
-	tap, err := virtionet.OpenTAP("gvmmtap6", virtionet.TAPOptions{})
+	tap, err := virtionet.OpenTAP(name, virtionet.TAPOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	l, err := netlink.LinkByName("gvmmtap6")
+	l, err := netlink.LinkByName(name)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -229,7 +235,25 @@ func TestTAPTraffic(t *testing.T) {
 	e.tx.AddChain(put(e, make([]byte, virtionet.HeaderLen)), put(e, arp))
 
 	features := baseFeatures | virtio.FEventIdx | dev.Features()&virtionet.OffloadFeatures
-	h := activate(t, dev, e, features)
+	var h *virtiotest.Harness
+	if doorbells {
+		var bells []*virtio.Doorbell
+		for range 2 {
+			db, err := virtio.NewDoorbell()
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { db.Close() }) // after dev.Close and Reset
+			bells = append(bells, db)
+		}
+		features |= virtionet.FMrgRxbuf
+		if h, err = virtiotest.ActivateDoorbells(dev, e.mem, features, bells, e.rx, e.tx); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(dev.Reset)
+	} else {
+		h = activate(t, dev, e, features)
+	}
 	deadline := time.Now().Add(5 * time.Second)
 	for {
 		if err := h.Failure(); err != nil {

@@ -25,11 +25,18 @@ type Harness struct {
 // dev. Publish requests before calling it; the workers drain their queues
 // on start.
 func Activate(dev virtio.Device, mem *Memory, features uint64, drivers ...*Driver) (*Harness, error) {
+	return ActivateDoorbells(dev, mem, features, nil, drivers...)
+}
+
+// ActivateDoorbells is Activate with queue doorbells (Env.Doorbells), as a
+// VMM that binds ioeventfds gives them.
+func ActivateDoorbells(dev virtio.Device, mem *Memory, features uint64, doorbells []*virtio.Doorbell, drivers ...*Driver) (*Harness, error) {
 	h := &Harness{Dev: dev}
 	env := &virtio.Env{
-		Mem:      mem,
-		Features: features,
-		Queues:   make([]*virtio.Queue, len(drivers)),
+		Mem:       mem,
+		Features:  features,
+		Queues:    make([]*virtio.Queue, len(drivers)),
+		Doorbells: doorbells,
 		Signal: func(q int) {
 			h.mu.Lock()
 			h.signals = append(h.signals, q)

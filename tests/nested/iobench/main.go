@@ -28,7 +28,10 @@
 // line per transfer (format in tests/nested/internal/benchfmt) as soon as
 // it is measured, then the guest's block, packet and interrupt counters
 // and gvmm run --stats's lines (exit counts), and exits 1 if any transfer
-// failed.
+// failed. For each net-tx transfer it also prints where the VMM's CPU
+// time went (its vCPU threads, the guest, its other threads) and how busy
+// this machine's CPUs were, since in L1 the VMM's device work and the
+// guest share two CPUs.
 package main
 
 import (
@@ -83,6 +86,8 @@ type config struct {
 	opTimeout        time.Duration
 	vmms             []string
 	verbose, summary bool
+	// cpuProfile: profile gvmm's first boot and print the profile.
+	cpuProfile bool
 }
 
 func main() {
@@ -106,6 +111,7 @@ func main() {
 	vmms := fs.String("vmms", "gvmm,qemu", "comma-separated VMMs: gvmm, qemu (QEMU -M pc)")
 	fs.BoolVar(&c.verbose, "v", false, "relay every boot's console")
 	fs.BoolVar(&c.summary, "summary", false, "print a table at the end (the harness prints its own)")
+	fs.BoolVar(&c.cpuProfile, "cpuprofile", false, "CPU-profile gvmm's first boot (GVMM_CPUPROFILE) and print the profile, base64, between "+profileBegin+" and "+profileEnd+" lines")
 	fs.Parse(os.Args[1:])
 	c.vmms = strings.Split(*vmms, ",")
 	if fs.NArg() > 0 || c.runs < 1 || c.reps < 1 || c.diskMiB < 1 || c.netMiB < 1 || c.kernel == "" || c.initrd == "" {
@@ -236,7 +242,14 @@ func (b *boot) run(ctx context.Context, emit func(benchfmt.IOResult)) {
 	defer os.Remove(img)
 	tap := fmt.Sprintf("iob%s%d", b.vmm[:1], b.round)
 	argv, _ := b.c.argv(b.vmm, img, tap)
-	g, err := startGuest(argv, b.c.env(b.vmm), b.w, fmt.Sprintf("%s %d", b.vmm, b.round), b.c.verbose)
+	env := b.c.env(b.vmm)
+	profile := ""
+	if b.c.cpuProfile && b.vmm == "gvmm" && b.round == 1 {
+		profile = filepath.Join(b.c.dir, "iobench-gvmm.pprof")
+		env = append(env, "GVMM_CPUPROFILE="+profile)
+		defer dumpProfile(b.w, profile)
+	}
+	g, err := startGuest(argv, env, b.w, fmt.Sprintf("%s %d", b.vmm, b.round), b.c.verbose)
 	if err != nil {
 		b.failAll(emit, err.Error())
 		return
@@ -361,7 +374,9 @@ func (b *boot) netTx(ctx context.Context, g *guest, ln *net.TCPListener) (benchf
 		n, err := io.Copy(io.Discard, c)
 		got <- recv{n, time.Since(start), err}
 	}()
+	probe := startCPUProbe(g.cmd.Process.Pid)
 	out, err := g.shell(ctx, fmt.Sprintf("agent tcpsend %s:%d %d", hostIP, recvPort, b.c.netMiB), b.c.opTimeout)
+	cpu := probe.report()
 	if err != nil {
 		ln.SetDeadline(time.Now()) // ends a pending accept
 		<-got
@@ -380,6 +395,7 @@ func (b *boot) netTx(ctx context.Context, g *guest, ln *net.TCPListener) (benchf
 	if sent, err := parseAgent(out, benchfmt.TestNetTx); err == nil {
 		b.say("net-tx: the guest's own time to send and see the close: %v", sent.Elapsed.Round(time.Millisecond))
 	}
+	b.say("net-tx: %s", cpu)
 	return benchfmt.IOResult{Test: benchfmt.TestNetTx, OK: true, Bytes: rv.n, Elapsed: rv.d}, ""
 }
 

@@ -92,3 +92,51 @@ func TestCounterLine(t *testing.T) {
 		}
 	}
 }
+
+func TestParseStat(t *testing.T) {
+	// 52 fields, as Linux 6.x writes them; the name holds a space and a ')'.
+	fields := make([]string, 50)
+	for i := range fields {
+		fields[i] = "0"
+	}
+	fields[0] = "S"
+	fields[14-3], fields[15-3], fields[43-3] = "120", "30", "100"
+	good := "4242 (CPU 0/KVM) x) " + strings.Join(fields, " ")
+	tests := []struct {
+		name    string
+		line    string
+		want    threadCPU
+		wantErr bool
+	}{
+		{"vcpu", good, threadCPU{User: 120, Sys: 30, Guest: 100}, false},
+		{"no name", "4242 S 1 2 3", threadCPU{}, true},
+		{"short", "4242 (x) S 1 2 3", threadCPU{}, true},
+		{"not a number", strings.Replace(good, " 120 ", " x ", 1), threadCPU{}, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := parseStat(tt.line)
+			if (err != nil) != tt.wantErr || got != tt.want {
+				t.Fatalf("parseStat = %+v, %v; want %+v, error %v", got, err, tt.want, tt.wantErr)
+			}
+		})
+	}
+}
+
+func TestSplitCPU(t *testing.T) {
+	before := map[string]threadCPU{
+		"1": {User: 10, Sys: 5},              // main loop
+		"2": {User: 100, Sys: 20, Guest: 90}, // vCPU
+		"3": {User: 7},                       // ends before the second sample
+	}
+	after := map[string]threadCPU{
+		"1": {User: 30, Sys: 15},
+		"2": {User: 200, Sys: 30, Guest: 170},
+		"4": {User: 3, Sys: 1}, // a new worker
+	}
+	got := splitCPU(before, after)
+	want := cpuSplit{VCPU: 1100, Guest: 800, Other: 340}
+	if got != want {
+		t.Fatalf("splitCPU = %+v, want %+v", got, want)
+	}
+}

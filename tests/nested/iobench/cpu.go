@@ -1,0 +1,190 @@
+package main
+
+import (
+	"encoding/base64"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+)
+
+// clockTicks is USER_HZ, the unit of /proc's CPU times (100 on every
+// Linux architecture gvmm runs on).
+const clockTicks = 100
+
+// threadCPU is one thread's CPU times from /proc/PID/task/TID/stat, in
+// clock ticks. Guest is the time it ran a guest (KVM_RUN), which Linux
+// also counts in User.
+type threadCPU struct {
+	User, Sys, Guest uint64
+}
+
+// parseStat reads utime, stime and guest_time (fields 14, 15 and 43) from
+// a /proc stat line. The command name (field 2) may hold spaces and
+// parentheses, so fields are counted after its last ')'.
+func parseStat(line string) (threadCPU, error) {
+	i := strings.LastIndexByte(line, ')')
+	if i < 0 {
+		return threadCPU{}, fmt.Errorf("stat line %q: no command name", line)
+	}
+	f := strings.Fields(line[i+1:]) // f[0] is field 3 (state)
+	const utime, stime, guest = 14 - 3, 15 - 3, 43 - 3
+	if len(f) <= guest {
+		return threadCPU{}, fmt.Errorf("stat line has %d fields after the name, want > %d", len(f), guest)
+	}
+	var t threadCPU
+	for _, x := range []struct {
+		dst *uint64
+		i   int
+	}{{&t.User, utime}, {&t.Sys, stime}, {&t.Guest, guest}} {
+		v, err := strconv.ParseUint(f[x.i], 10, 64)
+		if err != nil {
+			return threadCPU{}, fmt.Errorf("stat field %d: %w", x.i+3, err)
+		}
+		*x.dst = v
+	}
+	return t, nil
+}
+
+// procCPU samples every thread of a process, keyed by thread id.
+func procCPU(pid int) (map[string]threadCPU, error) {
+	dir := fmt.Sprintf("/proc/%d/task", pid)
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, fmt.Errorf("threads of %d: %w", pid, err)
+	}
+	m := make(map[string]threadCPU, len(ents))
+	for _, e := range ents {
+		b, err := os.ReadFile(filepath.Join(dir, e.Name(), "stat"))
+		if err != nil {
+			continue // the thread ended
+		}
+		t, err := parseStat(string(b))
+		if err != nil {
+			return nil, fmt.Errorf("thread %s of %d: %w", e.Name(), pid, err)
+		}
+		m[e.Name()] = t
+	}
+	return m, nil
+}
+
+// cpuSplit is where a VMM's CPU time went between two samples, in
+// milliseconds: in its vCPU threads (those that ran the guest), of which
+// in the guest itself, and in all its other threads (device emulation,
+// the Go runtime, QEMU's main loop).
+type cpuSplit struct {
+	VCPU, Guest, Other uint64
+}
+
+// splitCPU compares two procCPU samples. A thread that ran a guest at
+// all, by the second sample, is a vCPU thread; a thread missing from the
+// first started between the samples and counts from zero.
+func splitCPU(before, after map[string]threadCPU) cpuSplit {
+	var s cpuSplit
+	for tid, a := range after {
+		b := before[tid]
+		d := (a.User + a.Sys) - (b.User + b.Sys)
+		if a.Guest > 0 {
+			s.VCPU += d
+			s.Guest += a.Guest - b.Guest
+		} else {
+			s.Other += d
+		}
+	}
+	const ms = 1000 / clockTicks
+	return cpuSplit{VCPU: s.VCPU * ms, Guest: s.Guest * ms, Other: s.Other * ms}
+}
+
+// hostBusy reads the aggregate "cpu" line of /proc/stat: busy and total
+// clock ticks of every CPU of this machine (L1).
+func hostBusy() (busy, total uint64, err error) {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return 0, 0, err
+	}
+	line, _, _ := strings.Cut(string(b), "\n")
+	f := strings.Fields(line)
+	if len(f) < 5 || f[0] != "cpu" {
+		return 0, 0, fmt.Errorf("/proc/stat: first line %q", line)
+	}
+	// user nice system idle iowait irq softirq steal (guest and
+	// guest_nice are already in user and nice).
+	for i, x := range f[1:min(len(f), 9)] {
+		v, err := strconv.ParseUint(x, 10, 64)
+		if err != nil {
+			return 0, 0, fmt.Errorf("/proc/stat: %w", err)
+		}
+		total += v
+		if i != 3 && i != 4 { // idle, iowait
+			busy += v
+		}
+	}
+	return busy, total, nil
+}
+
+// cpuProbe samples a VMM's threads and the machine's CPUs at the start of
+// a transfer; report says where the CPU went since.
+type cpuProbe struct {
+	pid         int
+	threads     map[string]threadCPU
+	busy, total uint64
+	err         error
+}
+
+func startCPUProbe(pid int) *cpuProbe {
+	p := &cpuProbe{pid: pid}
+	p.threads, p.err = procCPU(pid)
+	if p.err == nil {
+		p.busy, p.total, p.err = hostBusy()
+	}
+	return p
+}
+
+func (p *cpuProbe) report() string {
+	if p.err != nil {
+		return fmt.Sprintf("cpu: %v", p.err)
+	}
+	after, err := procCPU(p.pid)
+	if err != nil {
+		return fmt.Sprintf("cpu: %v", err)
+	}
+	busy, total, err := hostBusy()
+	if err != nil {
+		return fmt.Sprintf("cpu: %v", err)
+	}
+	s := splitCPU(p.threads, after)
+	pct := 0.0
+	if total > p.total {
+		pct = 100 * float64(busy-p.busy) / float64(total-p.total)
+	}
+	return fmt.Sprintf("cpu: vmm_vcpu_ms=%d vmm_guest_ms=%d vmm_other_ms=%d l1_busy_pct=%.0f",
+		s.VCPU, s.Guest, s.Other, pct)
+}
+
+// Markers around a CPU profile printed on the console.
+const (
+	profileBegin = "=== GVMM-IOBENCH CPUPROFILE BEGIN"
+	profileEnd   = "=== GVMM-IOBENCH CPUPROFILE END"
+)
+
+// dumpProfile prints the profile file at path base64-encoded, 76
+// characters a line, between profileBegin and profileEnd, so that it
+// survives a serial console; then removes it.
+func dumpProfile(w io.Writer, path string) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		fmt.Fprintf(w, "iobench: cpu profile: %v\n", err)
+		return
+	}
+	os.Remove(path)
+	s := base64.StdEncoding.EncodeToString(b)
+	fmt.Fprintf(w, "%s bytes=%d\n", profileBegin, len(b))
+	for len(s) > 0 {
+		n := min(len(s), 76)
+		fmt.Fprintln(w, s[:n])
+		s = s[n:]
+	}
+	fmt.Fprintln(w, profileEnd)
+}
