@@ -341,7 +341,10 @@ func (r *Receiver) start(ctx context.Context, cancel context.CancelCauseFunc) (*
 		}
 		rs.conns[idx] = &rconn{idx: idx, br: brs[i], hdr: b, aead: a, hash: newChain(b), wire: headerSize}
 	}
-	rs.barrier = newPassBarrier(n)
+	// Logged with its time, so that a destination falling behind the
+	// source (a backlog in the sockets that the blackout must drain) shows
+	// beside the source's own pass lines.
+	rs.barrier = newPassBarrier(n, func(p uint32) { r.log.Debug("stream: pass applied", "pass", p) })
 	return rs, nil
 }
 
@@ -655,10 +658,13 @@ type passBarrier struct {
 	release  map[uint32]chan struct{}
 	ended    bool
 	minEnded uint32 // fewest passes of a connection that ended
+	// done, if set, is called (under mu) when every connection has
+	// applied pass p: the moment the destination has caught up with it.
+	done func(p uint32)
 }
 
-func newPassBarrier(n int) *passBarrier {
-	return &passBarrier{n: n, arrived: make(map[uint32]int), release: make(map[uint32]chan struct{})}
+func newPassBarrier(n int, done func(p uint32)) *passBarrier {
+	return &passBarrier{n: n, arrived: make(map[uint32]int), release: make(map[uint32]chan struct{}), done: done}
 }
 
 func (b *passBarrier) wait(ctx context.Context, pass uint32) error {
@@ -674,6 +680,9 @@ func (b *passBarrier) wait(ctx context.Context, pass uint32) error {
 	}
 	b.arrived[pass]++
 	if b.arrived[pass] == b.n {
+		if b.done != nil {
+			b.done(pass)
+		}
 		close(ch)
 		delete(b.release, pass)
 		delete(b.arrived, pass)

@@ -704,10 +704,22 @@ func (v *vm) readLog(r io.ReadCloser) {
 			v.tail = v.tail[1:]
 		}
 		v.mu.Unlock()
-		if v.m.c.verbose || strings.Contains(line, " timing") || strings.Contains(line, "migration received") {
+		if v.m.c.verbose || relayed(line) {
 			fmt.Fprintf(v.m.w, "migbench: %s %d %s | %s\n", v.m.vmm, v.m.round, v.label, line)
 		}
 	}
+}
+
+// relayed says whether a VMM log line goes to the benchmark's output: the
+// timing lines and each side's pass lines, whose times show how far the
+// destination trails the source.
+func relayed(line string) bool {
+	for _, s := range []string{" timing", "migration received", `msg="migration pass"`, `msg="stream: pass applied"`} {
+		if strings.Contains(line, s) {
+			return true
+		}
+	}
+	return false
 }
 
 func (v *vm) line(line string, at time.Time) {
