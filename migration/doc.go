@@ -29,7 +29,12 @@
 //
 //	dirty pages × wire bytes per page / bandwidth
 //
-// When that fits Options.MaxDowntime (300 ms by default) it switches over:
+// When that fits Options.MaxDowntime (300 ms by default), and once the
+// destination has reported applying every pass sent (the stream's
+// progress reports: a destination that decodes more slowly than the
+// source sends is still draining the sockets' buffers when the last
+// pass's bytes are written; that wait is Stats.CatchUp, and a long one
+// is followed by one more pass), it switches over:
 //
 //	Pause → TakeDirty → send those pages and the ones still dirty from the
 //	last pass → SaveState → send the components → Finish (manifest) →

@@ -320,3 +320,37 @@ func (c *breakConn) Write(b []byte) (int, error) {
 	c.limit -= len(b)
 	return c.Conn.Write(b)
 }
+
+// wrapListener wraps each accepted connection.
+type wrapListener struct {
+	net.Listener
+	wrap func(net.Conn) net.Conn
+}
+
+func (l wrapListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	return l.wrap(c), nil
+}
+
+// slowReadConn reads at most rate bytes per second.
+type slowReadConn struct {
+	net.Conn
+	rate  float64
+	start time.Time
+	got   float64
+}
+
+func (c *slowReadConn) Read(b []byte) (int, error) {
+	if c.start.IsZero() {
+		c.start = time.Now()
+	}
+	n, err := c.Conn.Read(b[:min(len(b), 16<<10)])
+	c.got += float64(n)
+	if d := time.Until(c.start.Add(time.Duration(c.got / c.rate * float64(time.Second)))); d > 0 {
+		time.Sleep(d)
+	}
+	return n, err
+}

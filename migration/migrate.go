@@ -153,11 +153,17 @@ type Stats struct {
 	StateSend time.Duration // sending the components, draining the queues, manifest
 	// AckWait is the wait for the acknowledgement: the destination's
 	// verification of the manifest and its RestoreState (measured there
-	// as Result.Restore), plus one trip across the link.
+	// as Result.Restore), plus one trip across the link. The ack is read
+	// as it arrives; a fast destination's restore can overlap the end of
+	// StateSend.
 	AckWait time.Duration
 	// Resume is how long Source.Resume took after a failure (zero on
 	// success: the source is not resumed).
 	Resume time.Duration
+
+	// CatchUp is the time pre-copy waited, the guest still running, for
+	// the destination to apply what was sent (see migrator.catchUp).
+	CatchUp time.Duration
 
 	Passes          int    // passes, the full one included
 	FinalDirty      uint64 // pages sent during the blackout
@@ -242,7 +248,7 @@ func (m *migrator) run(ctx context.Context, key []byte) error {
 	m.sender, err = stream.NewSender(ws, key, stream.Options{
 		GuestMemSize: lay.size, CPU: encodeHandshake(lay, m.opts.CPU),
 		Workers: m.opts.Workers, Compression: m.opts.Compression, BatchPages: m.opts.BatchPages,
-		Logger: m.log, Now: m.now,
+		Logger: m.log, Now: m.now, Progress: m.conns[0],
 	})
 	if err != nil {
 		return err
@@ -266,7 +272,7 @@ func (m *migrator) run(ctx context.Context, key []byte) error {
 	m.stats.Passes = 1
 
 	lastSent := m.lay.pages
-	strikes, refined := 0, 0
+	strikes, refined, catchUps := 0, 0, 0
 	for pass := 1; ; pass++ {
 		if err := ctx.Err(); err != nil {
 			return fmt.Errorf("pass %d: %w", pass, err)
@@ -291,9 +297,19 @@ func (m *migrator) run(ctx context.Context, key []byte) error {
 			// It fits the budget; one more pass makes the blackout
 			// shorter still while passes keep halving the dirty set.
 			if switchNow(dirty, lastSent, refined) {
-				return m.switchover(ctx, maps)
+				waited, err := m.catchUp(ctx)
+				if err != nil {
+					return fmt.Errorf("pass %d: %w", pass, err)
+				}
+				// A long wait let the guest dirty more pages: send them
+				// in one more pass rather than in the blackout.
+				if waited <= m.opts.MaxDowntime/4 || catchUps >= maxCatchUps {
+					return m.switchover(ctx, maps)
+				}
+				catchUps++
+			} else {
+				refined++
 			}
-			refined++
 		}
 		if pass > m.opts.MaxPasses {
 			return fmt.Errorf("%w: %d pages (%v at %.0f MB/s) still dirty after %d passes, throttle %d%%",
@@ -339,6 +355,29 @@ const (
 	refinePasses    = 4
 	smallDirtyPages = 64
 )
+
+// maxCatchUps bounds the extra passes sent because the wait for the
+// destination to catch up was long.
+const maxCatchUps = 2
+
+// catchUp waits until the destination has applied every pass sent so far,
+// while the guest still runs, and returns how long it waited. Without it
+// the bytes still in the sockets' buffers (megabytes on a fast link, when
+// the destination decodes more slowly than the source sends) would be
+// drained during the blackout.
+func (m *migrator) catchUp(ctx context.Context) (time.Duration, error) {
+	if !m.sender.Reports() {
+		return 0, nil
+	}
+	t := m.now()
+	if err := m.sender.WaitApplied(ctx, uint32(m.stats.Passes)); err != nil {
+		return 0, err
+	}
+	d := m.now().Sub(t)
+	m.stats.CatchUp += d
+	m.log.Debug("migration caught up", "passes", m.stats.Passes, "waited", d)
+	return d, nil
+}
 
 // switchNow says whether a pass that left dirty pages (of lastSent sent),
 // within the budget, ends pre-copy, after refined such extra passes.

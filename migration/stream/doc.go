@@ -40,7 +40,8 @@
 //	  0   8  magic "GVMMSTRM"
 //	  8   2  format version (1)
 //	 10   2  header length after this field (52)
-//	 12   8  feature bits the sender uses (bit 0: zstd); unknown bits are refused
+//	 12   8  feature bits the sender uses (bit 0: zstd, bit 1: progress
+//	         reports); unknown bits are refused
 //	 20  16  stream id (one per migration, never reused with a key)
 //	 36   2  connection index
 //	 38   2  connection count
@@ -91,7 +92,17 @@
 //	             nconns u16 | nconns × (records u64 | running hash [32]);
 //	             last record of connection 0
 //	8 ack        running hash [32] of connection 0 after the manifest; the
-//	             one record of the reverse direction (sequence 0)
+//	             last record of the reverse direction
+//	9 progress   pass u32: the destination has applied every page of that
+//	             pass; reverse direction, only with the progress feature
+//
+// The reverse direction (destination to source on connection 0) has its
+// own key and sequence numbers from 0: without the progress feature it
+// carries the ack alone (sequence 0); with it, one progress record per
+// applied pass (increasing passes, reports may coalesce) and then the ack.
+// A source waits for the destination to catch up with them before it
+// pauses the guest, so that the megabytes still in the sockets' buffers
+// are not drained during the blackout.
 //
 // Runs are pairs of uvarints: the gap in bytes from the end of the previous
 // run (from address 0 for the first) and a page count. Every run start must

@@ -37,8 +37,11 @@ const (
 const (
 	// FeatureZstd: page batches may carry zstd frames.
 	FeatureZstd uint64 = 1 << 0
+	// FeatureProgress: the destination reports each pass it has applied
+	// on the reverse direction of connection 0, before the ack.
+	FeatureProgress uint64 = 1 << 1
 
-	knownFeatures = FeatureZstd
+	knownFeatures = FeatureZstd | FeatureProgress
 )
 
 // Hard bounds that no Limits value can exceed.
@@ -64,7 +67,8 @@ const (
 	RecordConnEnd   RecordType = 6 // last record of connections 1..N-1
 	RecordManifest  RecordType = 7 // final manifest, last record of conn 0
 	RecordAck       RecordType = 8 // destination's acknowledgement, reverse direction
-	maxRecordTypeID            = RecordAck
+	RecordProgress  RecordType = 9 // destination applied a pass, reverse direction (FeatureProgress)
+	maxRecordTypeID            = RecordProgress
 )
 
 func (t RecordType) String() string {
@@ -85,6 +89,8 @@ func (t RecordType) String() string {
 		return "manifest"
 	case RecordAck:
 		return "ack"
+	case RecordProgress:
+		return "progress"
 	}
 	return fmt.Sprintf("record-type-%d", uint8(t))
 }

@@ -43,6 +43,11 @@ type ReceiverOptions struct {
 	Logger *slog.Logger
 	// Now is the clock for Stats.Duration (default time.Now).
 	Now func() time.Time
+	// Progress is the reverse direction of connection 0, where the
+	// progress reports go when the source asks for them
+	// (FeatureProgress); Accept sets it to connection 0. A receiver
+	// without it refuses such a stream.
+	Progress io.Writer
 }
 
 // State is one component's state blob.
@@ -71,8 +76,9 @@ type Receiver struct {
 	now   func() time.Time
 
 	ackAEAD cipher.AEAD
-	final   chain // connection 0's hash after the manifest
-	ok      bool  // Run verified the stream
+	revSeq  uint64 // next sequence number on the reverse direction
+	final   chain  // connection 0's hash after the manifest
+	ok      bool   // Run verified the stream
 }
 
 // NewReceiver prepares a receiver over conns (one io.Reader per
@@ -191,6 +197,9 @@ func Accept(ctx context.Context, ln net.Listener, key []byte, mem Memory, opts R
 		return fail(err)
 	}
 	r.pre = hdrs
+	if r.opts.Progress == nil {
+		r.opts.Progress = conns[0]
+	}
 	return r, conns, nil
 }
 
@@ -226,6 +235,9 @@ type runState struct {
 	cancel  context.CancelCauseFunc
 	cpuGate chan struct{}
 	barrier *passBarrier
+	// progress sends the progress reports (FeatureProgress), or is nil.
+	// Set before the connections' goroutines start.
+	progress *progressWriter
 
 	mu         sync.Mutex // guards the fields below
 	cpu        []byte
@@ -252,6 +264,13 @@ func (r *Receiver) Run(ctx context.Context) (Result, error) {
 	rs, err := r.start(ctx, cancel)
 	if err != nil {
 		return Result{}, fmt.Errorf("receive: %w", err)
+	}
+	if rs.hdr.Features&FeatureProgress != 0 {
+		if r.opts.Progress == nil {
+			return Result{}, fmt.Errorf("receive: %w: the source asks for progress reports and this receiver has no reverse channel", ErrHeader)
+		}
+		rs.progress = r.startProgress(r.opts.Progress)
+		defer rs.progress.close()
 	}
 	var wg sync.WaitGroup
 	for _, c := range rs.conns {
@@ -344,7 +363,12 @@ func (r *Receiver) start(ctx context.Context, cancel context.CancelCauseFunc) (*
 	// Logged with its time, so that a destination falling behind the
 	// source (a backlog in the sockets that the blackout must drain) shows
 	// beside the source's own pass lines.
-	rs.barrier = newPassBarrier(n, func(p uint32) { r.log.Debug("stream: pass applied", "pass", p) })
+	rs.barrier = newPassBarrier(n, func(p uint32) {
+		r.log.Debug("stream: pass applied", "pass", p)
+		if rs.progress != nil {
+			rs.progress.applied(p)
+		}
+	})
 	return rs, nil
 }
 
@@ -632,8 +656,8 @@ func (r *Receiver) Acknowledge(ctx context.Context, w io.Writer) error {
 		return errors.New("acknowledge: stream not verified")
 	}
 	buf := make([]byte, recordHeaderSize, recordHeaderSize+ackSize+tagSize)
-	recordHeader{typ: RecordAck, conn: 0, length: ackSize + tagSize, seq: 0}.put(buf)
-	n := nonce(0)
+	recordHeader{typ: RecordAck, conn: 0, length: ackSize + tagSize, seq: r.revSeq}.put(buf)
+	n := nonce(r.revSeq)
 	buf = r.ackAEAD.Seal(buf, n[:], r.final[:], buf[:recordHeaderSize])
 	if d, ok := w.(writeDeadliner); ok {
 		stop := context.AfterFunc(ctx, func() { _ = d.SetWriteDeadline(time.Unix(1, 0)) })

@@ -47,6 +47,12 @@ type Options struct {
 	// CPU, when set, is sent as the first record of connection 0: the
 	// destination checks CPU compatibility before it accepts any page.
 	CPU []byte
+	// Progress, when set, is the reverse direction of connection 0: the
+	// stream then asks the destination to report each pass it has
+	// applied (FeatureProgress; see Applied and WaitApplied), and AwaitAck
+	// reads the acknowledgement from it. A destination that does not know
+	// the feature refuses the stream.
+	Progress io.Reader
 	// Logger receives debug events (compression turning off and on);
 	// nil discards them.
 	Logger *slog.Logger
@@ -100,6 +106,7 @@ type Sender struct {
 	hdr        Header
 	conns      []*sconn
 	ackAEAD    cipher.AEAD
+	rev        *reverseReader // progress reports and the ack, with Options.Progress
 	maxBody    int
 	batch      int
 	log        *slog.Logger
@@ -212,6 +219,9 @@ func NewSender(conns []io.Writer, key []byte, opts Options) (*Sender, error) {
 	if opts.Compression != CompressOff {
 		features |= FeatureZstd
 	}
+	if opts.Progress != nil {
+		features |= FeatureProgress
+	}
 	if len(opts.CPU) > int(declared) {
 		return nil, fmt.Errorf("new sender: CPU record of %d bytes: %w", len(opts.CPU), ErrLimit)
 	}
@@ -278,6 +288,9 @@ func NewSender(conns []io.Writer, key []byte, opts Options) (*Sender, error) {
 	s.ctx, s.cancel = context.WithCancelCause(context.Background())
 	for _, c := range s.conns {
 		go s.writer(c)
+	}
+	if opts.Progress != nil {
+		s.startReverse(opts.Progress)
 	}
 	for _, c := range comps {
 		s.workers.Add(1)
@@ -892,10 +905,14 @@ func (s *Sender) Close() error {
 // AwaitAck reads the destination's acknowledgement from r (the reverse
 // direction of connection 0) after Finish. It succeeds only when the
 // destination has verified the whole stream: until then the source stays
-// authoritative.
+// authoritative. With Options.Progress the ack arrives through that reader
+// instead, and r is not used.
 func (s *Sender) AwaitAck(ctx context.Context, r io.Reader) error {
 	if !s.finished {
 		return errors.New("await ack: stream not finished")
+	}
+	if s.rev != nil {
+		return s.awaitReverseAck(ctx)
 	}
 	var buf [recordHeaderSize + ackSize + tagSize]byte
 	if err := readFullCtx(ctx, r, buf[:]); err != nil {
