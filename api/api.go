@@ -97,12 +97,15 @@ type Progress struct {
 
 // MigrateResult is a finished migration's figures.
 type MigrateResult struct {
-	TotalMs         float64 `json:"total_ms"`
-	DowntimeMs      float64 `json:"downtime_ms"`
-	LastPassMs      float64 `json:"last_pass_ms"`
-	StateMs         float64 `json:"state_ms"`
-	RestoreMs       float64 `json:"restore_ms"`
-	ResumeMs        float64 `json:"resume_ms"`
+	TotalMs    float64 `json:"total_ms"`
+	DowntimeMs float64 `json:"downtime_ms"`
+	LastPassMs float64 `json:"last_pass_ms"`
+	StateMs    float64 `json:"state_ms"`
+	RestoreMs  float64 `json:"restore_ms"`
+	ResumeMs   float64 `json:"resume_ms"`
+	// CatchUpMs is how long pre-copy waited, the guest running, for the
+	// destination to apply what was sent before the blackout.
+	CatchUpMs       float64 `json:"catch_up_ms,omitempty"`
 	WireBytes       uint64  `json:"wire_bytes"`
 	PagesSent       uint64  `json:"pages_sent"`
 	ZeroPages       uint64  `json:"zero_pages"`

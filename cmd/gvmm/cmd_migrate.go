@@ -153,8 +153,8 @@ func migrateCmd(ctx context.Context, e *env, args []string) error {
 func printMigrateResult(w io.Writer, r api.MigrateResult) {
 	fmt.Fprintf(w, "migrated: total %.0f ms, downtime %.1f ms (last dirty pass %.1f, device+vCPU state %.1f, restore %.1f, resume %.1f)\n",
 		r.TotalMs, r.DowntimeMs, r.LastPassMs, r.StateMs, r.RestoreMs, r.ResumeMs)
-	fmt.Fprintf(w, "migrated: %s on the wire, %d pages sent (%d zero, %d compressed), %d passes, throttle up to %d%%\n",
-		vmm.FormatSize(r.WireBytes), r.PagesSent, r.ZeroPages, r.CompressedPages, r.Passes, r.MaxThrottle)
+	fmt.Fprintf(w, "migrated: %s on the wire, %d pages sent (%d zero, %d compressed), %d passes, throttle up to %d%%, waited %.1f ms for the destination to catch up\n",
+		vmm.FormatSize(r.WireBytes), r.PagesSent, r.ZeroPages, r.CompressedPages, r.Passes, r.MaxThrottle, r.CatchUpMs)
 	if h := r.Handshake; h != nil {
 		fmt.Fprintf(w, "migrated: handshake before the first page %.1f ms (authenticate %.1f, attest %.1f, decide %.1f, key release %.1f), destination %s at %s, %d attempt(s)\n",
 			h.TotalMs, h.AuthenticateMs, h.AttestMs, h.DecideMs, h.ReleaseMs, h.Destination, h.Trust, h.Attempts)

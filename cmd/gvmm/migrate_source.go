@@ -121,6 +121,7 @@ func migrateOut(ctx context.Context, m *vmm.Machine, req api.MigrateRequest, pro
 		LastPassMs:      ms(st.Pause + st.FinalPass),
 		StateMs:         ms(st.StateSave + st.StateSend),
 		RestoreMs:       ms(st.AckWait),
+		CatchUpMs:       ms(st.CatchUp),
 		WireBytes:       st.WireBytes,
 		PagesSent:       st.Pages + st.ZeroPages,
 		ZeroPages:       st.ZeroPages,
