@@ -37,7 +37,8 @@
 // is followed by one more pass), it switches over:
 //
 //	Pause → TakeDirty → send those pages and the ones still dirty from the
-//	last pass → SaveState → send the components → Finish (manifest) →
+//	last pass, and SaveState while they are encoded → send the components
+//	→ Finish (manifest) →
 //	AwaitAck
 //
 // The destination verifies the manifest, calls RestoreState, and only then

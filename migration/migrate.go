@@ -145,9 +145,9 @@ type Stats struct {
 	// after Receive returned (Result.Restore is part of AckWait).
 	Downtime time.Duration
 	Pause    time.Duration // Source.Pause
-	// FinalPass is the last TakeDirty and the encoding of those pages;
-	// bytes still in the connections' queues then are counted in
-	// StateSend.
+	// FinalPass is the last TakeDirty and the encoding of those pages,
+	// less StateSave, which runs while they are encoded; bytes still in
+	// the connections' queues then are counted in StateSend.
 	FinalPass time.Duration
 	StateSave time.Duration // Source.SaveState
 	StateSend time.Duration // sending the components, draining the queues, manifest
@@ -431,21 +431,25 @@ func (m *migrator) switchover(ctx context.Context, maps [][]uint64) error {
 		if err := m.sender.SendPages(ctx, m.pages); err != nil {
 			return fmt.Errorf("final pass: %w", err)
 		}
+	}
+	// The state is saved while the workers encrypt the last pages (the
+	// source is paused: saving reads vCPUs and devices, it writes no
+	// guest page), and is sent after them.
+	ts := m.now()
+	comps, err := m.src.SaveState(ctx)
+	if err != nil {
+		return fmt.Errorf("save state: %w", err)
+	}
+	m.stats.StateSave = m.now().Sub(ts)
+	if len(m.pages) > 0 {
 		if _, err := m.sender.EndPass(ctx); err != nil {
 			return fmt.Errorf("final pass: %w", err)
 		}
 		m.stats.Passes++
 	}
-	t2 := m.now()
-	m.stats.FinalPass = t2.Sub(t1)
-	m.report(PhaseSwitchover, m.stats.Passes-1, 0, 0)
-
-	comps, err := m.src.SaveState(ctx)
-	if err != nil {
-		return fmt.Errorf("save state: %w", err)
-	}
 	t3 := m.now()
-	m.stats.StateSave = t3.Sub(t2)
+	m.stats.FinalPass = t3.Sub(t1) - m.stats.StateSave
+	m.report(PhaseSwitchover, m.stats.Passes-1, 0, 0)
 	seen := make(map[string]bool, len(comps))
 	for _, c := range comps {
 		if seen[c.ID] {
