@@ -275,15 +275,10 @@ func (d *fakeDest) RestoreState(ctx context.Context, comps []Component) error {
 // limitConn writes at most rate bytes per second.
 type limitConn struct {
 	net.Conn
-	rate  float64
-	start time.Time
-	sent  float64
+	p pacer
 }
 
 func (c *limitConn) Write(b []byte) (int, error) {
-	if c.start.IsZero() {
-		c.start = time.Now()
-	}
 	n := 0
 	for len(b) > 0 {
 		k := min(len(b), 16<<10)
@@ -293,12 +288,27 @@ func (c *limitConn) Write(b []byte) (int, error) {
 			return n, err
 		}
 		b = b[k:]
-		c.sent += float64(w)
-		if d := time.Until(c.start.Add(time.Duration(c.sent / c.rate * float64(time.Second)))); d > 0 {
-			time.Sleep(d)
-		}
+		c.p.pace(w)
 	}
 	return n, nil
+}
+
+// pacer holds a stream of bytes to rate bytes per second.
+type pacer struct {
+	rate  float64
+	start time.Time
+	bytes float64
+}
+
+// pace accounts for n more bytes and sleeps until they are due.
+func (p *pacer) pace(n int) {
+	if p.start.IsZero() {
+		p.start = time.Now()
+	}
+	p.bytes += float64(n)
+	if d := time.Until(p.start.Add(time.Duration(p.bytes / p.rate * float64(time.Second)))); d > 0 {
+		time.Sleep(d)
+	}
 }
 
 // breakConn fails (and closes the connection) after limit bytes.
@@ -335,22 +345,14 @@ func (l wrapListener) Accept() (net.Conn, error) {
 	return l.wrap(c), nil
 }
 
-// slowReadConn reads at most rate bytes per second.
+// slowReadConn reads at most p.rate bytes per second.
 type slowReadConn struct {
 	net.Conn
-	rate  float64
-	start time.Time
-	got   float64
+	p pacer
 }
 
 func (c *slowReadConn) Read(b []byte) (int, error) {
-	if c.start.IsZero() {
-		c.start = time.Now()
-	}
 	n, err := c.Conn.Read(b[:min(len(b), 16<<10)])
-	c.got += float64(n)
-	if d := time.Until(c.start.Add(time.Duration(c.got / c.rate * float64(time.Second)))); d > 0 {
-		time.Sleep(d)
-	}
+	c.p.pace(n)
 	return n, err
 }

@@ -210,7 +210,7 @@ func TestMigrateConverges(t *testing.T) {
 			dst := newFakeDest(src)
 			s := setup{conns: tc.conns, opts: tc.opts}
 			if tc.link > 0 {
-				s.wrap = func(_ int, c net.Conn) net.Conn { return &limitConn{Conn: c, rate: tc.link} }
+				s.wrap = func(_ int, c net.Conn) net.Conn { return &limitConn{Conn: c, p: pacer{rate: tc.link}} }
 			}
 			o := migrate(t, src, dst, s)
 			checkSuccess(t, src, dst, o)
@@ -450,7 +450,7 @@ func TestMigrateFails(t *testing.T) {
 			dst := newFakeDest(src)
 			s := setup{conns: 2, opts: tc.opts}
 			if tc.link > 0 {
-				s.wrap = func(_ int, c net.Conn) net.Conn { return &limitConn{Conn: c, rate: tc.link} }
+				s.wrap = func(_ int, c net.Conn) net.Conn { return &limitConn{Conn: c, p: pacer{rate: tc.link}} }
 			}
 			if tc.setup != nil {
 				tc.setup(t, src, dst, &s)
@@ -576,7 +576,7 @@ func TestMigrateWaitsForSlowDestination(t *testing.T) {
 	dst := newFakeDest(src)
 	o := migrate(t, src, dst, setup{
 		conns:   2,
-		wrapDst: func(c net.Conn) net.Conn { return &slowReadConn{Conn: c, rate: 16 << 20} },
+		wrapDst: func(c net.Conn) net.Conn { return &slowReadConn{Conn: c, p: pacer{rate: 16 << 20}} },
 	})
 	checkSuccess(t, src, dst, o)
 	if o.stats.CatchUp <= 0 {

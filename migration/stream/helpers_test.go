@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"io"
 	"math/rand/v2"
+	"net"
 	"sync"
 	"testing"
 	"time"
@@ -237,4 +238,25 @@ func craftValid(t testing.TB, h Header, key []byte, recs []craftRec, pages, zero
 func testHeader(guest uint64) Header {
 	return Header{Version: Version, Features: FeatureZstd, StreamID: [16]byte{1, 2, 3}, ConnCount: 1,
 		PageSize: PageSize, GuestMemSize: guest, MaxRecordSize: 1 << 20, MaxBatchPages: 128, Suite: suiteAES256GCM}
+}
+
+// accepted is what acceptAndRun's receiver ended with.
+type accepted struct {
+	r     *Receiver
+	conns []net.Conn
+	err   error
+}
+
+// acceptAndRun accepts one stream on ln and runs it into mem, in the
+// background.
+func acceptAndRun(ctx context.Context, ln net.Listener, mem Memory) <-chan accepted {
+	done := make(chan accepted, 1)
+	go func() {
+		r, conns, err := Accept(ctx, ln, testKey, mem, ReceiverOptions{})
+		if err == nil {
+			_, err = r.Run(ctx)
+		}
+		done <- accepted{r, conns, err}
+	}()
+	return done
 }

@@ -55,22 +55,7 @@ func TestProgressReports(t *testing.T) {
 	defer ln.Close()
 	guest := genGuest(64*PageSize, 5, true)
 	mem := &gatedSink{memSink: newMemSink(len(guest))}
-	type out struct {
-		r     *Receiver
-		conns []net.Conn
-		err   error
-	}
-	done := make(chan out, 1)
-	go func() {
-		r, conns, err := Accept(ctx, ln, testKey, mem, ReceiverOptions{})
-		if err == nil {
-			_, err = r.Run(ctx)
-		}
-		if err == nil {
-			err = r.Acknowledge(ctx, conns[0])
-		}
-		done <- out{r, conns, err}
-	}()
+	done := acceptAndRun(ctx, ln, mem)
 	const n = 2
 	ws := make([]io.Writer, n)
 	var c0 net.Conn
@@ -137,11 +122,15 @@ func TestProgressReports(t *testing.T) {
 	if _, err := s.Finish(ctx); err != nil {
 		t.Fatal(err)
 	}
+	o := <-done
+	if o.err != nil {
+		t.Fatalf("receive: %v", o.err)
+	}
+	if err := o.r.Acknowledge(ctx, o.conns[0]); err != nil {
+		t.Fatal(err)
+	}
 	if err := s.AwaitAck(ctx, nil); err != nil {
 		t.Fatalf("await ack after progress reports: %v", err)
-	}
-	if o := <-done; o.err != nil {
-		t.Fatalf("receive: %v", o.err)
 	}
 	if !bytes.Equal(mem.mem, guest) {
 		t.Fatal("destination memory differs")

@@ -494,20 +494,7 @@ func TestAcceptOrdersConnections(t *testing.T) {
 	}
 	defer ln.Close()
 	guest := genGuest(64*PageSize, 3, true)
-	mem := newMemSink(len(guest))
-	type out struct {
-		r     *Receiver
-		conns []net.Conn
-		err   error
-	}
-	done := make(chan out, 1)
-	go func() {
-		r, conns, err := Accept(ctx, ln, testKey, mem, ReceiverOptions{})
-		if err == nil {
-			_, err = r.Run(ctx)
-		}
-		done <- out{r, conns, err}
-	}()
+	done := acceptAndRun(ctx, ln, newMemSink(len(guest)))
 	const n = 3
 	ws := make([]net.Conn, n)
 	for i := n - 1; i >= 0; i-- { // connection 2 reaches Accept first
