@@ -249,6 +249,10 @@ func (m *mig) run(ctx context.Context) benchfmt.MigResult {
 		var vmmWhy string
 		if m.vmm == "gvmm" {
 			vmmWhy = m.gvmmMigrate(ctx, srcSock, addr, &r)
+		} else if err := waitSocket(ctx, srcSock, src, time.Minute); err != nil {
+			// Once seen missing in a qemu-tls round whose source
+			// had booted; the wait tells a late socket from a gone one.
+			vmmWhy = "source: " + err.Error()
 		} else {
 			vmmWhy = m.qemuMigrate(ctx, srcSock, addr, &r)
 		}
