@@ -526,7 +526,10 @@ func (m *Machine) Run(ctx context.Context) (ExitReason, error) {
 	m.pauseMu.Lock()
 	m.started = time.Now()
 	m.pauseMu.Unlock()
-	flush := time.NewTicker(20 * time.Millisecond)
+	// A partial line on the console (a prompt) is written 20 ms after
+	// it started; nothing wakes this loop while the console is quiet.
+	flush := time.NewTimer(time.Hour)
+	flush.Stop()
 	defer flush.Stop()
 loop:
 	for {
@@ -535,6 +538,8 @@ loop:
 			break loop
 		case <-ctx.Done():
 			m.end(ExitStopped, nil)
+		case <-m.serial.held:
+			flush.Reset(serialHoldFor)
 		case <-flush.C:
 			m.serial.Flush()
 		}
@@ -561,6 +566,9 @@ loop:
 	m.serial.Flush()
 	return m.endReason, m.endErr
 }
+
+// serialHoldFor is how long a partial console line waits for the rest.
+const serialHoldFor = 20 * time.Millisecond
 
 // vcpuStopTimeout bounds how long Run waits for kicked vCPUs.
 const vcpuStopTimeout = 10 * time.Second

@@ -62,6 +62,10 @@ type serial struct {
 	mu    sync.Mutex
 	out   io.Writer
 	raise func(level bool)
+	// held is signalled (capacity 1) when output starts waiting in obuf
+	// for a Flush: a partial line, such as a shell prompt. Whole lines
+	// are written at once.
+	held chan struct{}
 
 	// Guarded by mu.
 	in         []byte
@@ -76,7 +80,7 @@ type serial struct {
 }
 
 func newSerial(out io.Writer, raise func(level bool)) *serial {
-	return &serial{out: out, raise: raise, dll: 0x0c}
+	return &serial{out: out, raise: raise, dll: 0x0c, held: make(chan struct{}, 1)}
 }
 
 // Input queues bytes for the guest and returns how many were taken.
@@ -212,6 +216,11 @@ func (s *serial) write(off uint16, v uint8) {
 			s.obuf = append(s.obuf, v)
 			if v == '\n' || len(s.obuf) >= serialFlushAt {
 				s.flushLocked()
+			} else if len(s.obuf) == 1 {
+				select {
+				case s.held <- struct{}{}:
+				default:
+				}
 			}
 		}
 		s.thrPending = true

@@ -124,3 +124,39 @@ func TestSerialReceive(t *testing.T) {
 		t.Fatalf("full queue took %d", n)
 	}
 }
+
+// TestSerialHeldOutput checks that a partial line waits for Flush and says
+// so on held, and that whole lines are written at once.
+func TestSerialHeldOutput(t *testing.T) {
+	h := newUART()
+	held := func() bool {
+		select {
+		case <-h.s.held:
+			return true
+		default:
+			return false
+		}
+	}
+	if held() {
+		t.Fatal("held signalled with no output")
+	}
+	for _, c := range []byte("guest# ") {
+		h.outb(uartRBR, c) // THR, at offset 0 too
+	}
+	if sig := held(); h.out.Len() != 0 || !sig {
+		t.Fatalf("a prompt: written %q, held signalled %v; want nothing written, held signalled", h.out.String(), sig)
+	}
+	if held() {
+		t.Fatal("held signalled again for the same partial line")
+	}
+	h.s.Flush()
+	if h.out.String() != "guest# " {
+		t.Fatalf("after Flush: %q", h.out.String())
+	}
+	for _, c := range []byte("ls\n") {
+		h.outb(uartRBR, c) // THR, at offset 0 too
+	}
+	if h.out.String() != "guest# ls\n" {
+		t.Fatalf("a whole line: %q", h.out.String())
+	}
+}
