@@ -1,9 +1,7 @@
 package main
 
 import (
-	"encoding/base64"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -161,30 +159,4 @@ func (p *cpuProbe) report() string {
 	}
 	return fmt.Sprintf("cpu: vmm_vcpu_ms=%d vmm_guest_ms=%d vmm_other_ms=%d l1_busy_pct=%.0f",
 		s.VCPU, s.Guest, s.Other, pct)
-}
-
-// Markers around a CPU profile printed on the console.
-const (
-	profileBegin = "=== GVMM-IOBENCH CPUPROFILE BEGIN"
-	profileEnd   = "=== GVMM-IOBENCH CPUPROFILE END"
-)
-
-// dumpProfile prints the profile file at path base64-encoded, 76
-// characters a line, between profileBegin and profileEnd, so that it
-// survives a serial console; then removes it.
-func dumpProfile(w io.Writer, path string) {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		fmt.Fprintf(w, "iobench: cpu profile: %v\n", err)
-		return
-	}
-	os.Remove(path)
-	s := base64.StdEncoding.EncodeToString(b)
-	fmt.Fprintf(w, "%s bytes=%d\n", profileBegin, len(b))
-	for len(s) > 0 {
-		n := min(len(s), 76)
-		fmt.Fprintln(w, s[:n])
-		s = s[n:]
-	}
-	fmt.Fprintln(w, profileEnd)
 }

@@ -111,7 +111,7 @@ func main() {
 	vmms := fs.String("vmms", "gvmm,qemu", "comma-separated VMMs: gvmm, qemu (QEMU -M pc)")
 	fs.BoolVar(&c.verbose, "v", false, "relay every boot's console")
 	fs.BoolVar(&c.summary, "summary", false, "print a table at the end (the harness prints its own)")
-	fs.BoolVar(&c.cpuProfile, "cpuprofile", false, "CPU-profile gvmm's first boot (GVMM_CPUPROFILE) and print the profile, base64, between "+profileBegin+" and "+profileEnd+" lines")
+	fs.BoolVar(&c.cpuProfile, "cpuprofile", false, "CPU-profile gvmm's first boot (GVMM_CPUPROFILE) and print the profile, base64, between "+benchfmt.ProfileBegin+" and "+benchfmt.ProfileEnd+" lines")
 	fs.Parse(os.Args[1:])
 	c.vmms = strings.Split(*vmms, ",")
 	if fs.NArg() > 0 || c.runs < 1 || c.reps < 1 || c.diskMiB < 1 || c.netMiB < 1 || c.kernel == "" || c.initrd == "" {
@@ -247,7 +247,7 @@ func (b *boot) run(ctx context.Context, emit func(benchfmt.IOResult)) {
 	if b.c.cpuProfile && b.vmm == "gvmm" && b.round == 1 {
 		profile = filepath.Join(b.c.dir, "iobench-gvmm.pprof")
 		env = append(env, "GVMM_CPUPROFILE="+profile)
-		defer dumpProfile(b.w, profile)
+		defer benchfmt.DumpProfile(b.w, "iobench-gvmm", profile)
 	}
 	g, err := startGuest(argv, env, b.w, fmt.Sprintf("%s %d", b.vmm, b.round), b.c.verbose)
 	if err != nil {

@@ -68,6 +68,7 @@ type config struct {
 	bootTimeout    time.Duration
 	vmms           []string
 	verbose        bool
+	cpuProfile     bool
 }
 
 func main() {
@@ -88,6 +89,7 @@ func main() {
 	fs.DurationVar(&c.bootTimeout, "boot-timeout", 5*time.Minute, "bound on a boot to the guest's shell")
 	vmms := fs.String("vmms", "gvmm,qemu", "comma-separated VMMs: gvmm, qemu (QEMU -M pc), qemu-tls (the same over TLS with a pre-shared key)")
 	fs.BoolVar(&c.verbose, "v", false, "relay every console")
+	fs.BoolVar(&c.cpuProfile, "cpuprofile", false, "CPU-profile the first round's source gvmm run (GVMM_CPUPROFILE) and print the profile, base64, between "+benchfmt.ProfileBegin+" and "+benchfmt.ProfileEnd+" lines")
 	fs.Parse(os.Args[1:])
 	c.vmms = strings.Split(*vmms, ",")
 	if fs.NArg() > 0 || c.runs < 1 || c.hbMs < 1 || c.kernel == "" || c.initrd == "" {
@@ -208,7 +210,13 @@ func (m *mig) run(ctx context.Context) benchfmt.MigResult {
 		srcArgv = m.qemuArgv("-qmp", "unix:"+srcSock+",server=on,wait=off")
 		dstArgv = m.qemuArgv("-qmp", "unix:"+dstSock+",server=on,wait=off", "-incoming", "tcp:"+addr)
 	}
-	src, err := startVM(srcArgv, m.env(), m, "src")
+	srcEnv := m.env()
+	if m.c.cpuProfile && m.vmm == "gvmm" && m.round == 1 {
+		profile := filepath.Join(m.c.dir, "migbench-src.pprof")
+		srcEnv = append(srcEnv, "GVMM_CPUPROFILE="+profile)
+		defer benchfmt.DumpProfile(m.w, "migbench-gvmm-src", profile)
+	}
+	src, err := startVM(srcArgv, srcEnv, m, "src")
 	if err != nil {
 		r.Why = err.Error()
 		return r
