@@ -350,6 +350,7 @@ func (m *mig) qemuMigrate(ctx context.Context, sock, addr string, r *benchfmt.Mi
 		return err.Error()
 	}
 	deadline := time.Now().Add(5 * time.Minute)
+	var settle time.Time // how long a "completed" without times is asked again
 	for time.Now().Before(deadline) && ctx.Err() == nil {
 		raw, err := q.do("query-migrate", nil)
 		if err != nil {
@@ -368,9 +369,21 @@ func (m *mig) qemuMigrate(ctx context.Context, sock, addr string, r *benchfmt.Mi
 		if err := json.Unmarshal(raw, &st); err != nil {
 			return fmt.Sprintf("query-migrate: %v", err)
 		}
+		if st.Status == "completed" && settle.IsZero() {
+			settle = time.Now().Add(time.Second)
+		}
 		switch st.Status {
 		case "completed":
+			if st.Total == 0 && time.Now().Before(settle) {
+				// QEMU has been seen to answer "completed" with
+				// total-time and downtime still 0; they follow.
+				time.Sleep(10 * time.Millisecond)
+				continue
+			}
 			r.TotalMs, r.DowntimeMs, r.WireBytes = st.Total, st.Downtime, st.RAM.Transferred
+			if st.Total == 0 {
+				r.TotalMs, r.DowntimeMs = -1, -1 // not reported: not a measurement
+			}
 			m.say("QEMU query-migrate: %s", strings.TrimSpace(string(raw)))
 			return ""
 		case "failed", "cancelled":

@@ -139,8 +139,16 @@ func SummarizeMig(rs []MigResult, vmms []string) []MigSummary {
 				s.Failed = append(s.Failed, r)
 				continue
 			}
-			tot, dt, gap, clk = append(tot, r.TotalMs), append(dt, r.DowntimeMs), append(gap, r.GapMs), append(clk, r.ClockGapMs)
-			wire = append(wire, float64(r.WireBytes)/(1<<20))
+			// A figure a VMM did not report (-1) is left out of its
+			// row, not counted as a measurement.
+			for _, f := range []struct {
+				to *[]float64
+				v  float64
+			}{{&tot, r.TotalMs}, {&dt, r.DowntimeMs}, {&gap, r.GapMs}, {&clk, r.ClockGapMs}, {&wire, float64(r.WireBytes) / (1 << 20)}} {
+				if f.v >= 0 {
+					*f.to = append(*f.to, f.v)
+				}
+			}
 		}
 		s.Total, s.Downtime, s.Gap, s.Clk, s.Wire = IOSpreadOf(tot), IOSpreadOf(dt), IOSpreadOf(gap), IOSpreadOf(clk), IOSpreadOf(wire)
 		out = append(out, s)

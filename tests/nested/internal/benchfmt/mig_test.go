@@ -54,3 +54,20 @@ func TestMigTable(t *testing.T) {
 		}
 	}
 }
+
+// TestMigSummaryLeavesOutUnreported checks that a figure a VMM did not
+// report (-1, as QEMU's times when it answers "completed" without them)
+// stays out of its row while the run's other figures count.
+func TestMigSummaryLeavesOutUnreported(t *testing.T) {
+	rs := []MigResult{
+		{VMM: "qemu", Run: 1, OK: true, TotalMs: 3000, DowntimeMs: 100, GapMs: 400, ClockGapMs: 300, WireBytes: 1 << 20},
+		{VMM: "qemu", Run: 2, OK: true, TotalMs: -1, DowntimeMs: -1, GapMs: 300, ClockGapMs: 200, WireBytes: 1 << 20},
+	}
+	s := SummarizeMig(rs, []string{"qemu"})[0]
+	if s.Total.N != 1 || s.Total.Median != 3000 || s.Downtime.N != 1 || s.Downtime.Median != 100 {
+		t.Errorf("total %+v, downtime %+v: want the one reported run only", s.Total, s.Downtime)
+	}
+	if s.Gap.N != 2 || s.Gap.Median != 350 {
+		t.Errorf("gap %+v: want both runs", s.Gap)
+	}
+}
