@@ -218,3 +218,41 @@ func TestProgressNeedsReverseChannel(t *testing.T) {
 		t.Fatalf("run: %v, want %v", err, ErrHeader)
 	}
 }
+
+// FuzzReverse feeds arbitrary bytes to the source as the destination's
+// reverse direction (progress reports, then the ack). Nothing may panic or
+// hang; a wait for more passes than were validly reported must fail, and
+// the valid seed's two reports must count.
+func FuzzReverse(f *testing.F) {
+	opts := Options{GuestMemSize: 16 * PageSize, StreamID: [16]byte{0xfe, 1}}
+	seedOpts := opts
+	seedOpts.Progress = bytes.NewReader(nil)
+	s0, err := NewSender([]io.Writer{io.Discard}, testKey, seedOpts)
+	if err != nil {
+		f.Fatal(err)
+	}
+	valid := append(reverseRecord(s0, RecordProgress, 0, passBody(0)), reverseRecord(s0, RecordProgress, 1, passBody(1))...)
+	s0.Close()
+	f.Add(valid)
+	f.Add(append(bytes.Clone(valid), reverseRecord(s0, RecordAck, 2, make([]byte, ackSize))...))
+	f.Add(valid[:len(valid)-3])
+	f.Fuzz(func(t *testing.T, data []byte) {
+		o := opts
+		o.Progress = bytes.NewReader(data)
+		s, err := NewSender([]io.Writer{io.Discard}, testKey, o)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer s.Close()
+		ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+		defer cancel()
+		if err := s.WaitApplied(ctx, 1<<30); err == nil {
+			t.Fatalf("%d passes reported applied from %d bytes", s.Applied(), len(data))
+		} else if errors.Is(err, context.DeadlineExceeded) {
+			t.Fatal("the reverse reader hung on a finite input")
+		}
+		if bytes.HasPrefix(data, valid) && s.Applied() != 2 {
+			t.Fatalf("valid reports counted as %d passes", s.Applied())
+		}
+	})
+}
