@@ -535,6 +535,11 @@ func (g *Guard) unregister(ctx VCPUContext, id uint64) error {
 // puts it in front of the memory its emulated devices reach (DMA), so a
 // guest kernel cannot have a device read or write a region for it.
 func (g *Guard) Protected(gpa, n uint64) bool {
+	if g.npages.Load() == 0 {
+		// Nothing protected: the devices' path (every ring access and
+		// buffer) takes no lock.
+		return false
+	}
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	return g.anyProtectedLocked(gpa, n)

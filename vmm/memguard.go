@@ -195,11 +195,19 @@ func (v *vcpu) injectGP() {
 type deviceMemory struct{ m *Machine }
 
 func (d deviceMemory) Slice(gpa, n uint64) ([]byte, error) {
-	return d.m.guard.Load().DMA(d.m.mem).Slice(gpa, n)
+	g := d.m.guard.Load()
+	if !g.Protected(gpa, n) {
+		return d.m.mem.Slice(gpa, n)
+	}
+	return g.DMA(d.m.mem).Slice(gpa, n) // refused, and counted
 }
 
 func (d deviceMemory) WriteAt(p []byte, gpa uint64) error {
-	return d.m.guard.Load().DMA(d.m.mem).WriteAt(p, gpa)
+	g := d.m.guard.Load()
+	if !g.Protected(gpa, uint64(len(p))) {
+		return d.m.mem.WriteAt(p, gpa)
+	}
+	return g.DMA(d.m.mem).WriteAt(p, gpa) // refused, and counted
 }
 
 func (d deviceMemory) MarkDirty(gpa, n uint64) { d.m.mem.MarkDirty(gpa, n) }
