@@ -14,9 +14,8 @@ type RAMRegion struct {
 	Data []byte
 }
 
-// Regions returns guest RAM region by region, in guest-physical order.
-// At boot each region is one KVM memory slot; memguard may split one into
-// several (see ramSlot).
+// Regions returns guest RAM region by region, in guest-physical order;
+// each region is one KVM memory slot (slot i is region i).
 func (m *Memory) Regions() []RAMRegion {
 	out := make([]RAMRegion, len(m.regions))
 	for i, r := range m.regions {
@@ -46,26 +45,19 @@ func (m *Memory) takeDirtyRegions() [][]uint64 {
 	return out
 }
 
-// setDirtyLogging turns KVM's dirty logging on or off on every RAM slot.
-// Changing only the log flag of an existing slot is allowed by KVM and
-// keeps the guest's mappings. layoutMu keeps memguard's layout changes
-// out meanwhile.
-func (m *Machine) setDirtyLogging(on bool) error {
-	m.layoutMu.Lock()
-	defer m.layoutMu.Unlock()
-	was := m.dirtyLogging
-	m.dirtyLogging = on
-	for _, s := range m.slots {
-		if err := m.setSlot(s); err != nil {
-			m.dirtyLogging = was
+// setSlots (re)registers every RAM region as a memory slot with flags.
+// Changing only the flags of an existing slot is allowed by KVM and keeps
+// the guest's mappings.
+func (m *Machine) setSlots(flags uint32) error {
+	for i, r := range m.mem.Regions() {
+		if err := m.vm.SetUserMemoryRegion(&kvm.UserspaceMemoryRegion{
+			Slot:          uint32(i),
+			Flags:         flags,
+			GuestPhysAddr: r.GPA,
+			MemorySize:    uint64(len(r.Data)),
+			UserspaceAddr: sliceAddr(r.Data),
+		}); err != nil {
 			return err
-		}
-	}
-	m.lostDirty = nil
-	if on {
-		m.lostDirty = make([][]uint64, len(m.mem.regions))
-		for i, r := range m.mem.regions {
-			m.lostDirty[i] = make([]uint64, kvm.DirtyBitmapLen(r.Size))
 		}
 	}
 	return nil
@@ -75,7 +67,7 @@ func (m *Machine) setDirtyLogging(on bool) error {
 // clears the VMM-side bitmap: from now on TakeDirty reports every page
 // written by a vCPU or by the VMM.
 func (m *Machine) StartDirtyLog() error {
-	if err := m.setDirtyLogging(true); err != nil {
+	if err := m.setSlots(kvm.MemLogDirtyPages); err != nil {
 		return fmt.Errorf("start dirty log: %w", err)
 	}
 	m.mem.TakeDirty()
@@ -84,7 +76,7 @@ func (m *Machine) StartDirtyLog() error {
 
 // StopDirtyLog turns KVM's dirty page logging off again.
 func (m *Machine) StopDirtyLog() error {
-	if err := m.setDirtyLogging(false); err != nil {
+	if err := m.setSlots(0); err != nil {
 		return fmt.Errorf("stop dirty log: %w", err)
 	}
 	return nil
@@ -93,26 +85,17 @@ func (m *Machine) StopDirtyLog() error {
 // TakeDirty returns, per RAM region (in the order of Memory.Regions), a
 // bitmap of the pages written since the previous call or StartDirtyLog:
 // KVM's dirty log OR-ed with the VMM's own writes (device DMA, used
-// rings, memguard's writes for an owner). Bit i of word j is page 64*j+i
-// of the region. Reading KVM's log resets it and write-protects the pages
-// again. KVM logs per memory slot; memguard may have split a region into
-// several slots, so each slot's log is shifted into its region's bitmap,
-// with the logs of slots deleted since the previous call.
+// rings). Bit i of word j is page 64*j+i of the region. Reading KVM's log
+// resets it and write-protects the pages again.
 func (m *Machine) TakeDirty() ([][]uint64, error) {
-	m.layoutMu.Lock()
-	defer m.layoutMu.Unlock()
 	vmmBits := m.mem.takeDirtyRegions()
-	for _, s := range m.slots {
-		bm := make([]uint64, kvm.DirtyBitmapLen(s.size))
-		if err := m.vm.GetDirtyLog(s.id, bm); err != nil {
+	for i, r := range m.mem.regions {
+		bm := make([]uint64, kvm.DirtyBitmapLen(r.Size))
+		if err := m.vm.GetDirtyLog(uint32(i), bm); err != nil {
 			return nil, fmt.Errorf("take dirty pages: %w", err)
 		}
-		m.mergeDirty(s, bm, vmmBits)
-	}
-	for i, lost := range m.lostDirty {
-		for w, word := range lost {
-			vmmBits[i][w] |= word
-			lost[w] = 0
+		for w := range vmmBits[i] {
+			vmmBits[i][w] |= bm[w]
 		}
 	}
 	return vmmBits, nil
