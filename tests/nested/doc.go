@@ -30,7 +30,9 @@
 // which stops the heartbeat too. Neither output nor heartbeat for -silence
 // (L1's soft-lockup and RCU stall reports, which a wedged L1 may go on
 // printing, do not count as output) means such a wedge: the harness kills QEMU, says so, and retries the whole
-// L1 run once.
+// L1 run once. So does a soft-lockup report of a CPU stuck for -silence or
+// longer while the other CPU still sends heartbeats (seen once: a gvmm
+// spinning in L1's kernel for ten minutes held up the tests).
 //
 // L1's kernel itself sometimes panics under TCG's emulated SVM (a host
 // interrupt taken right after VMRUN, with the guest's GS loaded). Then a

@@ -245,7 +245,7 @@ func (h *harness) bootL1(ctx context.Context, c l1Config, f l1Flags, newParser f
 			break
 		}
 		if attempt == 1 {
-			h.p.say("L1 printed nothing for %v: this is the known rare wedge of nested SVM under TCG (see doc.go). Retrying the whole L1 run once; a second wedge counts as a failure.", f.silence)
+			h.p.say("L1 printed nothing, or a CPU of it was stuck, for %v: this is the known rare wedge of nested SVM under TCG (see doc.go). Retrying the whole L1 run once; a second wedge counts as a failure.", f.silence)
 		}
 	}
 	return parser, out
@@ -275,7 +275,7 @@ func fmtDur(d time.Duration) string {
 func l1Problem(out streamOutcome, f l1Flags) string {
 	switch {
 	case out.silent:
-		return fmt.Sprintf("L1 wedged twice (no output for %v each time)", f.silence)
+		return fmt.Sprintf("L1 wedged twice (no output, or a CPU stuck, for %v each time)", f.silence)
 	case out.timedOut:
 		return fmt.Sprintf("L1 did not finish within -timeout %v", f.timeout)
 	case out.err != nil:

@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"regexp"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"syscall"
@@ -64,7 +65,11 @@ const killGrace = 10 * time.Second
 // started, say) is killed when ctx ends, after timeout, or after silence:
 // no byte of output and no sign of life from alive (if not nil) for that
 // long (0 disables the watchdog); kernel stall reports (stallReport) do not
-// count as output.
+// count as output. A soft lockup that the kernel reports as lasting silence
+// or longer counts as silence too, even while alive says the rest of the
+// machine runs: one CPU spinning in the kernel can hold up every test
+// (seen: a gvmm stuck in L1's kernel for ten minutes, its other CPU still
+// sending heartbeats).
 func stream(ctx context.Context, p *progress, cmd *exec.Cmd, timeout, silence time.Duration, alive func() time.Time, line func(string) (show bool)) streamOutcome {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
@@ -83,6 +88,7 @@ func stream(ctx context.Context, p *progress, cmd *exec.Cmd, timeout, silence ti
 
 	var last atomic.Int64 // unix nanoseconds of the latest output
 	last.Store(time.Now().UnixNano())
+	var stuck atomic.Int64 // the longest soft lockup reported, in seconds
 	lines := make(chan string, 256)
 	stop := make(chan struct{}) // the reader's way out if we stop listening
 	defer close(stop)
@@ -94,6 +100,11 @@ func stream(ctx context.Context, p *progress, cmd *exec.Cmd, timeout, silence ti
 			s, err := r.ReadString('\n')
 			if stallReport.MatchString(s) {
 				last.Store(lastReal)
+				if m := softLockup.FindStringSubmatch(s); m != nil {
+					if n, err := strconv.ParseInt(m[1], 10, 64); err == nil && n > stuck.Load() {
+						stuck.Store(n)
+					}
+				}
 			} else if s != "" {
 				lastReal = last.Load()
 			}
@@ -137,8 +148,13 @@ loop:
 					latest = t
 				}
 			}
-			if silence > 0 && time.Since(latest) > silence {
+			switch {
+			case silence > 0 && time.Since(latest) > silence:
 				p.say("no output for %v: killing %s (wedged?)", silence, cmd.Path)
+				out.silent = true
+				kill()
+			case silence > 0 && time.Duration(stuck.Load())*time.Second >= silence:
+				p.say("a CPU reports a soft lockup of %ds: killing %s (wedged)", stuck.Load(), cmd.Path)
 				out.silent = true
 				kill()
 			}
@@ -162,6 +178,9 @@ loop:
 // They keep coming while both vCPUs spin, so for the silence watchdog they
 // are no sign of progress.
 var stallReport = regexp.MustCompile(`watchdog: BUG: soft lockup|rcu: INFO: \w+ (self-)?detected stall`)
+
+// softLockup reads how long a soft lockup report says its CPU is stuck.
+var softLockup = regexp.MustCompile(`soft lockup - CPU#\d+ stuck for (\d+)s`)
 
 // activityReader records when data last came through.
 type activityReader struct {

@@ -41,6 +41,18 @@ func TestStream(t *testing.T) {
 		timeout: 20 * time.Second, silence: 1500 * time.Millisecond,
 		anyLines: true, silent: true, exitErr: true,
 	}, {
+		name:    "a long soft lockup is a wedge even with heartbeats",
+		script:  "echo start; while :; do echo '[  400.1] watchdog: BUG: soft lockup - CPU#1 stuck for 257s! [gvmm:780]'; sleep 0.3; done",
+		timeout: 20 * time.Second, silence: 200 * time.Second,
+		alive:    func() time.Time { return time.Now() },
+		anyLines: true, silent: true, exitErr: true,
+	}, {
+		name:    "a short soft lockup is not",
+		script:  "echo '[  100.1] watchdog: BUG: soft lockup - CPU#1 stuck for 23s! [gvmm:780]'; sleep 2",
+		timeout: 20 * time.Second, silence: 200 * time.Second,
+		alive: func() time.Time { return time.Now() },
+		lines: []string{"[  100.1] watchdog: BUG: soft lockup - CPU#1 stuck for 23s! [gvmm:780]"},
+	}, {
 		name:    "heartbeats keep it alive until the timeout",
 		script:  "sleep 30",
 		timeout: 2500 * time.Millisecond, silence: 1500 * time.Millisecond,
