@@ -1,7 +1,6 @@
 package stream
 
 import (
-	"bytes"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -51,7 +50,7 @@ func (s *Sender) startReverse(r io.Reader) {
 	go func() {
 		defer close(rr.done)
 		defer rr.signal()
-		rr.ack, rr.err = s.readReverse(r, rr)
+		rr.ack, rr.err = s.readReverse(s.ctx, r, rr)
 	}()
 }
 
@@ -62,15 +61,16 @@ func (rr *reverseReader) signal() {
 	}
 }
 
-func (s *Sender) readReverse(r io.Reader, rr *reverseReader) ([]byte, error) {
-	if d, ok := r.(readDeadliner); ok {
-		stop := context.AfterFunc(s.ctx, func() { _ = d.SetReadDeadline(time.Unix(1, 0)) })
-		defer stop()
-	}
+// readReverse reads the reverse direction of connection 0 from r up to
+// and including the ack, and returns the ack's authenticated body. Each
+// progress report goes to rr; with rr nil (no progress feature) the ack
+// must be the first record. Every record is checked (type, length,
+// sequence, authentication, increasing passes) before it is used.
+func (s *Sender) readReverse(ctx context.Context, r io.Reader, rr *reverseReader) ([]byte, error) {
 	var buf [recordHeaderSize + ackSize + tagSize]byte
 	for seq := uint64(0); ; seq++ {
 		hb := buf[:recordHeaderSize]
-		if err := readFullCtx(s.ctx, r, hb); err != nil {
+		if err := readFullCtx(ctx, r, hb); err != nil {
 			return nil, fmt.Errorf("reverse record %d: %w", seq, err)
 		}
 		h, err := parseRecordHeader(hb, 0, seq, ackSize)
@@ -80,6 +80,9 @@ func (s *Sender) readReverse(r io.Reader, rr *reverseReader) ([]byte, error) {
 		var size uint32
 		switch h.typ {
 		case RecordProgress:
+			if rr == nil {
+				return nil, fmt.Errorf("reverse record %d: %w: progress report in a stream without the feature", seq, ErrOrder)
+			}
 			size = progressSize
 		case RecordAck:
 			size = ackSize
@@ -90,7 +93,7 @@ func (s *Sender) readReverse(r io.Reader, rr *reverseReader) ([]byte, error) {
 			return nil, fmt.Errorf("reverse record %d: %w: %s record of %d bytes", seq, ErrFormat, h.typ, h.length)
 		}
 		rec := buf[:recordHeaderSize+int(h.length)]
-		if err := readFullCtx(s.ctx, r, rec[recordHeaderSize:]); err != nil {
+		if err := readFullCtx(ctx, r, rec[recordHeaderSize:]); err != nil {
 			return nil, fmt.Errorf("reverse record %d: %w", seq, err)
 		}
 		n := nonce(seq)
@@ -152,23 +155,6 @@ func (s *Sender) WaitApplied(ctx context.Context, passes uint32) error {
 		case <-ctx.Done():
 			return fmt.Errorf("wait for the destination: %w", ctx.Err())
 		}
-	}
-	return nil
-}
-
-// awaitReverseAck is AwaitAck when progress reports are on.
-func (s *Sender) awaitReverseAck(ctx context.Context) error {
-	rr := s.rev
-	select {
-	case <-rr.done:
-	case <-ctx.Done():
-		return fmt.Errorf("await ack: %w", ctx.Err())
-	}
-	if rr.err != nil {
-		return fmt.Errorf("await ack: %w", rr.err)
-	}
-	if !bytes.Equal(rr.ack, s.final[:]) {
-		return fmt.Errorf("await ack: %w: destination verified a different stream", ErrManifest)
 	}
 	return nil
 }

@@ -256,3 +256,14 @@ func FuzzReverse(f *testing.F) {
 		}
 	})
 }
+
+// TestAckRefusesReportsWithoutTheFeature checks that a source that did
+// not ask for progress reports takes none: the ack must come first.
+func TestAckRefusesReportsWithoutTheFeature(t *testing.T) {
+	var w0 bytes.Buffer
+	s, _, _ := scenario(t, []io.Writer{&w0}, Options{}, genGuest(8*PageSize, 4, false))
+	rev := reverseRecord(s, RecordProgress, 0, passBody(0))
+	if err := s.AwaitAck(t.Context(), bytes.NewReader(rev)); !errors.Is(err, ErrOrder) {
+		t.Fatalf("await ack after a progress report: %v, want %v", err, ErrOrder)
+	}
+}

@@ -911,23 +911,20 @@ func (s *Sender) AwaitAck(ctx context.Context, r io.Reader) error {
 	if !s.finished {
 		return errors.New("await ack: stream not finished")
 	}
-	if s.rev != nil {
-		return s.awaitReverseAck(ctx)
+	var body []byte
+	var err error
+	if rr := s.rev; rr != nil {
+		select {
+		case <-rr.done:
+		case <-ctx.Done():
+			return fmt.Errorf("await ack: %w", ctx.Err())
+		}
+		body, err = rr.ack, rr.err
+	} else {
+		body, err = s.readReverse(ctx, r, nil)
 	}
-	var buf [recordHeaderSize + ackSize + tagSize]byte
-	if err := readFullCtx(ctx, r, buf[:]); err != nil {
-		return fmt.Errorf("await ack: %w", err)
-	}
-	if _, err := parseRecordHeader(buf[:recordHeaderSize], 0, 0, ackSize); err != nil {
-		return fmt.Errorf("await ack: %w", err)
-	}
-	if RecordType(buf[0]) != RecordAck || binary.BigEndian.Uint32(buf[4:]) != ackSize+tagSize {
-		return fmt.Errorf("await ack: %w: got %s record", ErrOrder, RecordType(buf[0]))
-	}
-	n := nonce(0)
-	body, err := s.ackAEAD.Open(nil, n[:], buf[recordHeaderSize:], buf[:recordHeaderSize])
 	if err != nil {
-		return fmt.Errorf("await ack: %w", ErrAuth)
+		return fmt.Errorf("await ack: %w", err)
 	}
 	if !bytes.Equal(body, s.final[:]) {
 		return fmt.Errorf("await ack: %w: destination verified a different stream", ErrManifest)
