@@ -151,6 +151,23 @@ func activate(t *testing.T, dev *virtionet.Device, e *env, features uint64) *vir
 	return h
 }
 
+// receiveUsed activates dev with features, waits for the receive queue's
+// used elements, one per wanted length, stops the device and returns them
+// once their count is checked, with the harness.
+func receiveUsed(t *testing.T, dev *virtionet.Device, e *env, features uint64, wantLens []uint32) (*virtiotest.Harness, []virtiotest.Used) {
+	t.Helper()
+	h := activate(t, dev, e, features)
+	if err := h.WaitUsed(e.rx, uint16(len(wantLens)), 5*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	dev.Reset()
+	used := e.rx.TakeUsed()
+	if len(used) != len(wantLens) {
+		t.Fatalf("used %+v, want lengths %v", used, wantLens)
+	}
+	return h, used
+}
+
 func TestTransmit(t *testing.T) {
 	hdr := header(1, 1, 0) // NEEDS_CSUM, GSO_TCPV4: passed through as is
 	pkt := append(append([]byte(nil), hdr...), frame(1514, 3)...)
@@ -313,15 +330,7 @@ func TestReceive(t *testing.T) {
 				sent = append(sent, p)
 				be.rx <- p
 			}
-			h := activate(t, dev, e, baseFeatures|tc.features)
-			if err := h.WaitUsed(e.rx, uint16(len(tc.wantLens)), 5*time.Second); err != nil {
-				t.Fatal(err)
-			}
-			dev.Reset()
-			used := e.rx.TakeUsed()
-			if len(used) != len(tc.wantLens) {
-				t.Fatalf("used %+v, want lengths %v", used, tc.wantLens)
-			}
+			h, used := receiveUsed(t, dev, e, baseFeatures|tc.features, tc.wantLens)
 			for i, u := range used {
 				if u.Len != tc.wantLens[i] {
 					t.Fatalf("used[%d] = %+v, want length %d", i, u, tc.wantLens[i])
@@ -398,15 +407,7 @@ func TestReceiveMergeable(t *testing.T) {
 			e.mem.Undirtied(0)
 			pkt := append(header(0, 0, 0xbeef), frame(tc.pkt, 7)...)
 			be.rx <- append([]byte(nil), pkt...)
-			h := activate(t, dev, e, baseFeatures|virtionet.FMrgRxbuf)
-			if err := h.WaitUsed(e.rx, uint16(len(tc.wantLens)), 5*time.Second); err != nil {
-				t.Fatal(err)
-			}
-			dev.Reset()
-			used := e.rx.TakeUsed()
-			if len(used) != len(tc.wantLens) {
-				t.Fatalf("used %+v, want lengths %v", used, tc.wantLens)
-			}
+			_, used := receiveUsed(t, dev, e, baseFeatures|virtionet.FMrgRxbuf, tc.wantLens)
 			var got []byte
 			for i, u := range used {
 				if u.Len != tc.wantLens[i] || u.ID != uint32(i) {
