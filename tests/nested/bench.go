@@ -47,6 +47,7 @@ func benchMode(ctx context.Context, p *progress, args []string) error {
 	migN := fs.Int("mig-n", 3, "live migrations with each VMM (idle guest over loopback); 0: none")
 	migVMMs := fs.String("mig-vmms", "gvmm,qemu,qemu-tls", "comma-separated VMMs for the migration benchmark: gvmm, qemu (-M pc), qemu-tls (the same over TLS 1.3 with a pre-shared key: encrypted like gvmm)")
 	migCompress := fs.String("mig-compress", "auto", "gvmm migrate --compress for the migration benchmark: auto, off or always")
+	migDirty := fs.String("mig-dirty", "", "MIB:PAGES_PER_SEC: the migrated guest dirties MIB MiB at that rate (0: no limit) instead of idling (migbench -dirty)")
 	migProfile := fs.Bool("mig-cpuprofile", false, "CPU-profile the first migration's source gvmm run (GVMM_CPUPROFILE) and print the profile, base64, on the console")
 	verbose := fs.Bool("v", false, "relay every boot's console")
 	if err := parseFlags(fs, args); err != nil {
@@ -128,6 +129,9 @@ func benchMode(ctx context.Context, p *progress, args []string) error {
 	migCommon := []string{"-n", fmt.Sprint(*migN), "-mem", *guestMem, "-cpus", fmt.Sprint(*guestCPUs),
 		"-vmms", *migVMMs, "-gvmm-compress", *migCompress, "-boot-timeout", bootTimeout.String(), fmt.Sprintf("-v=%v", *verbose),
 		fmt.Sprintf("-cpuprofile=%v", *migProfile)}
+	if *migDirty != "" {
+		migCommon = append(migCommon, "-dirty", *migDirty)
+	}
 	report := func(parser *consoleParser) error {
 		var errs []string
 		if *n > 0 {

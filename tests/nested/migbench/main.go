@@ -69,6 +69,7 @@ type config struct {
 	vmms           []string
 	verbose        bool
 	cpuProfile     bool
+	dirty          string // "MIB PAGES_PER_SEC" for the guest agent's dirtier, or empty
 }
 
 func main() {
@@ -89,6 +90,7 @@ func main() {
 	fs.DurationVar(&c.bootTimeout, "boot-timeout", 5*time.Minute, "bound on a boot to the guest's shell")
 	vmms := fs.String("vmms", "gvmm,qemu", "comma-separated VMMs: gvmm, qemu (QEMU -M pc), qemu-tls (the same over TLS with a pre-shared key)")
 	fs.BoolVar(&c.verbose, "v", false, "relay every console")
+	fs.StringVar(&c.dirty, "dirty", "", "MIB:PAGES_PER_SEC: the source guest also dirties MIB MiB at that rate (0: no limit) while it migrates; empty: an idle guest")
 	fs.BoolVar(&c.cpuProfile, "cpuprofile", false, "CPU-profile the first round's source gvmm run (GVMM_CPUPROFILE) and print the profile, base64, between "+benchfmt.ProfileBegin+" and "+benchfmt.ProfileEnd+" lines")
 	fs.Parse(os.Args[1:])
 	c.vmms = strings.Split(*vmms, ",")
@@ -96,6 +98,12 @@ func main() {
 		fmt.Fprintln(os.Stderr, "usage: migbench -kernel K -initrd I [flags]")
 		fs.PrintDefaults()
 		os.Exit(2)
+	}
+	if c.dirty != "" {
+		if _, err := dirtyArgs(c.dirty); err != nil {
+			fmt.Fprintf(os.Stderr, "migbench: -dirty: %v\n", err)
+			os.Exit(2)
+		}
 	}
 	for _, v := range c.vmms {
 		if v != "gvmm" && v != "qemu" && v != "qemu-tls" {
@@ -109,8 +117,12 @@ func main() {
 }
 
 func run(ctx context.Context, c config, w io.Writer) int {
-	fmt.Fprintf(w, "migbench: %d rounds of %s; idle guest %s, %d vCPU(s), heartbeat every %d ms\n",
-		c.runs, strings.Join(c.vmms, ", "), c.mem, c.cpus, c.hbMs)
+	load := "idle guest"
+	if c.dirty != "" {
+		load = "guest dirtying " + c.dirty + " (MiB:pages/s)"
+	}
+	fmt.Fprintf(w, "migbench: %d rounds of %s; %s %s, %d vCPU(s), heartbeat every %d ms\n",
+		c.runs, strings.Join(c.vmms, ", "), load, c.mem, c.cpus, c.hbMs)
 	key := filepath.Join(c.dir, "migbench.key")
 	k := make([]byte, 32)
 	rand.Read(k)
@@ -233,6 +245,10 @@ func (m *mig) run(ctx context.Context) benchfmt.MigResult {
 		// Let the heartbeat settle and the guest go idle.
 		if err := m.hb.waitCount(ctx, "src", 50, time.Minute); err != nil {
 			return fmt.Sprintf("heartbeat on the source: %v", err)
+		}
+		if m.c.dirty != "" {
+			a, _ := dirtyArgs(m.c.dirty)
+			src.send("agent dirty " + a + " >/dev/null &\n")
 		}
 		time.Sleep(2 * time.Second)
 		var err error
@@ -852,4 +868,15 @@ func waitListening(ctx context.Context, addr string, v *vm, timeout time.Duratio
 		time.Sleep(50 * time.Millisecond)
 	}
 	return fmt.Errorf("nothing listens on %s after %v", addr, timeout)
+}
+
+// dirtyArgs turns -dirty's MIB:PAGES_PER_SEC into the agent's arguments.
+func dirtyArgs(s string) (string, error) {
+	mib, rate, ok := strings.Cut(s, ":")
+	m, err1 := strconv.Atoi(mib)
+	r, err2 := strconv.Atoi(rate)
+	if !ok || err1 != nil || err2 != nil || m < 1 || r < 0 {
+		return "", fmt.Errorf("%q: want MIB:PAGES_PER_SEC, MIB >= 1, PAGES_PER_SEC >= 0", s)
+	}
+	return fmt.Sprintf("%d %d", m, r), nil
 }
