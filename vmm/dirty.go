@@ -66,11 +66,71 @@ func (m *Machine) setSlots(flags uint32) error {
 // StartDirtyLog turns on KVM's dirty page logging on every RAM slot and
 // clears the VMM-side bitmap: from now on TakeDirty reports every page
 // written by a vCPU or by the VMM.
+//
+// Where the kernel has KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2 (Linux 5.x and
+// later), logging starts with every page marked dirty and none
+// write-protected; StartDirtyLog then protects the slots in chunks
+// (KVM_CLEAR_DIRTY_LOG), and TakeDirty re-protects only the pages it
+// reports, as QEMU does. Without it, KVM write-protects (and splits) the
+// whole slot when logging starts, and every KVM_GET_DIRTY_LOG walks it.
 func (m *Machine) StartDirtyLog() error {
+	if !m.manualDirty {
+		on, err := m.enableManualDirty()
+		if err != nil {
+			return fmt.Errorf("start dirty log: %w", err)
+		}
+		m.manualDirty = on
+	}
 	if err := m.setSlots(kvm.MemLogDirtyPages); err != nil {
 		return fmt.Errorf("start dirty log: %w", err)
 	}
+	if m.manualDirty {
+		if err := m.protectAll(); err != nil {
+			return fmt.Errorf("start dirty log: %w", err)
+		}
+	}
 	m.mem.TakeDirty()
+	return nil
+}
+
+// manualDirtyCaps are the KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2 flags gvmm
+// asks for: manual re-protection, and logging that starts all-dirty.
+const manualDirtyCaps = kvm.DirtyLogManualProtectEnable | kvm.DirtyLogInitiallySet
+
+// enableManualDirty turns manual dirty-log protection on where the kernel
+// offers both flags, and says whether it did.
+func (m *Machine) enableManualDirty() (bool, error) {
+	n, err := m.vm.CheckExtension(kvm.CapManualDirtyLogProtect2)
+	if err != nil || n&manualDirtyCaps != manualDirtyCaps {
+		return false, nil // not offered: KVM protects on its own
+	}
+	if err := m.vm.EnableCap(kvm.CapManualDirtyLogProtect2, 0, [4]uint64{manualDirtyCaps}); err != nil {
+		return false, fmt.Errorf("enable manual dirty-log protection: %w", err)
+	}
+	return true, nil
+}
+
+// protectChunk is how many pages one KVM_CLEAR_DIRTY_LOG write-protects
+// when logging starts: 64 MiB, so that no single ioctl holds KVM's MMU
+// lock for the whole of a large slot.
+const protectChunk = 16384
+
+// protectAll write-protects every page of every RAM slot and clears their
+// (initially set) dirty bits, chunk by chunk.
+func (m *Machine) protectAll() error {
+	ones := make([]uint64, protectChunk/64)
+	for i := range ones {
+		ones[i] = ^uint64(0)
+	}
+	for i, r := range m.mem.regions {
+		pages := r.Size / pageSize
+		for first := uint64(0); first < pages; first += protectChunk {
+			n := min(pages-first, protectChunk)
+			if err := m.vm.ClearDirtyLog(uint32(i), first, uint32(n), ones); err != nil {
+				return fmt.Errorf("protect slot %d pages %d+%d: %w", i, first, n, err)
+			}
+		}
+	}
 	return nil
 }
 
@@ -86,13 +146,21 @@ func (m *Machine) StopDirtyLog() error {
 // bitmap of the pages written since the previous call or StartDirtyLog:
 // KVM's dirty log OR-ed with the VMM's own writes (device DMA, used
 // rings). Bit i of word j is page 64*j+i of the region. Reading KVM's log
-// resets it and write-protects the pages again.
+// resets it and write-protects the reported pages again; a page written
+// after that is reported by the next call.
 func (m *Machine) TakeDirty() ([][]uint64, error) {
 	vmmBits := m.mem.takeDirtyRegions()
 	for i, r := range m.mem.regions {
 		bm := make([]uint64, kvm.DirtyBitmapLen(r.Size))
 		if err := m.vm.GetDirtyLog(uint32(i), bm); err != nil {
 			return nil, fmt.Errorf("take dirty pages: %w", err)
+		}
+		if m.manualDirty {
+			// GET only copied the bits; clearing them re-protects
+			// those pages before the caller reads them.
+			if err := m.vm.ClearDirtyLog(uint32(i), 0, uint32(r.Size/pageSize), bm); err != nil {
+				return nil, fmt.Errorf("take dirty pages: %w", err)
+			}
 		}
 		for w := range vmmBits[i] {
 			vmmBits[i][w] |= bm[w]

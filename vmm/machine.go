@@ -131,6 +131,10 @@ type Machine struct {
 	throttle     atomic.Int32
 	throttleWake chan struct{}
 
+	// manualDirty says KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2 is on (set by
+	// StartDirtyLog, which migration calls from one goroutine).
+	manualDirty bool
+
 	// desc is the machine's shape and devices; guestCPUID is vCPU 0's
 	// CPUID and tscKHz its TSC rate, for migration's compatibility check.
 	desc       Description
