@@ -39,7 +39,8 @@
 // fresh L1 runs only the tests that had not finished, as the test binaries
 // list them, up to five times (resume.go); and every test that failed gets
 // one rerun in a fresh L1 (retryFailures), said out loud with whether its
-// output showed a known nested instability.
+// output showed a known nested instability (a guest triple fault or
+// stall). A test whose failures all showed one gets a second rerun.
 //
 // GVMM_NESTED=force takes the nested path even with /dev/kvm (to test the
 // harness itself); GVMM_NESTED=off runs directly even without it.

@@ -310,3 +310,19 @@ func (r *pkgResult) retryable() string {
 // instability says whether a failed test's own output showed one of the
 // known nested-KVM failures (a guest triple fault or stall), for the log.
 func (r *pkgResult) instability(test string) bool { return r.tripleFault[test] }
+
+// allUnstable says whether the run failed and every top-level test that
+// failed showed a known nested-KVM instability.
+func (r *pkgResult) allUnstable() bool {
+	top := 0
+	for _, name := range r.failed {
+		if strings.Contains(name, "/") || strings.HasPrefix(name, "(") {
+			continue
+		}
+		top++
+		if !r.tripleFault[name] {
+			return false
+		}
+	}
+	return top > 0
+}

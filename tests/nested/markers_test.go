@@ -187,9 +187,10 @@ func TestBenchMarkerPrefix(t *testing.T) {
 
 func TestRetryable(t *testing.T) {
 	tests := []struct {
-		name  string
-		lines []string
-		want  string
+		name     string
+		lines    []string
+		want     string
+		unstable bool // allUnstable: a second rerun is allowed
 	}{
 		{"triple fault in one test", []string{
 			"=== GVMM-NESTED BEGIN ./tests/integration",
@@ -197,7 +198,7 @@ func TestRetryable(t *testing.T) {
 			"    gvmm run: vCPU 0: " + tripleFaultSignature,
 			"--- FAIL: TestVirtioRNG (12.70s)",
 			"=== GVMM-NESTED END ./tests/integration rc=1",
-		}, "^(TestVirtioRNG)$"},
+		}, "^(TestVirtioRNG)$", true},
 		{"subtests: top-level name only", []string{
 			"=== GVMM-NESTED BEGIN ./tests/integration",
 			"=== RUN   TestBootLinux",
@@ -206,7 +207,7 @@ func TestRetryable(t *testing.T) {
 			"    --- FAIL: TestBootLinux/2cpu-reboot (16.32s)",
 			"--- FAIL: TestBootLinux (34.99s)",
 			"=== GVMM-NESTED END ./tests/integration rc=1",
-		}, "^(TestBootLinux)$"},
+		}, "^(TestBootLinux)$", true},
 		{"any failure is rerun once", []string{
 			"=== GVMM-NESTED BEGIN ./tests/integration",
 			"=== RUN   TestGuestFailures",
@@ -215,12 +216,12 @@ func TestRetryable(t *testing.T) {
 			"=== RUN   TestVirtioBlk",
 			"--- FAIL: TestVirtioBlk (1.00s)",
 			"=== GVMM-NESTED END ./tests/integration rc=1",
-		}, "^(TestVirtioBlk)$"},
+		}, "^(TestVirtioBlk)$", false},
 		{"passed", []string{
 			"=== GVMM-NESTED BEGIN ./tests/integration",
 			"--- PASS: TestA (1.00s)",
 			"=== GVMM-NESTED END ./tests/integration rc=0",
-		}, ""},
+		}, "", false},
 		{"two triple faults", []string{
 			"=== GVMM-NESTED BEGIN ./tests/integration",
 			"=== RUN   TestA",
@@ -230,28 +231,41 @@ func TestRetryable(t *testing.T) {
 			"gvmm run: vCPU 0: " + tripleFaultSignature,
 			"--- FAIL: TestB (1.00s)",
 			"=== GVMM-NESTED END ./tests/integration rc=1",
-		}, "^(TestA|TestB)$"},
+		}, "^(TestA|TestB)$", true},
 		{"guest stalled", []string{
 			"=== GVMM-NESTED BEGIN ./tests/integration",
 			"=== RUN   TestRebootRestart",
 			`    guest_test.go:289: console did not show "gvmm-guest: userspace up" within 4m0s`,
 			"--- FAIL: TestRebootRestart (240.19s)",
 			"=== GVMM-NESTED END ./tests/integration rc=1",
-		}, "^(TestRebootRestart)$"},
+		}, "^(TestRebootRestart)$", true},
 		{"did not finish", []string{
 			"=== GVMM-NESTED BEGIN ./tests/integration",
 			"=== RUN   TestX",
 			"    gvmm run: vCPU 0: " + tripleFaultSignature,
 			"--- FAIL: TestX (1.00s)",
-		}, ""},
+		}, "", true},
+		{"one of two failures without an instability", []string{
+			"=== GVMM-NESTED BEGIN ./tests/integration",
+			"=== RUN   TestA",
+			"gvmm run: vCPU 1: " + tripleFaultSignature,
+			"--- FAIL: TestA (1.00s)",
+			"=== RUN   TestB",
+			"--- FAIL: TestB (1.00s)",
+			"=== GVMM-NESTED END ./tests/integration rc=1",
+		}, "^(TestA|TestB)$", false},
 	}
 	for _, tt := range tests {
 		p := newConsoleParser()
 		for _, l := range tt.lines {
 			p.Line(l)
 		}
-		if got := p.result("./tests/integration").retryable(); got != tt.want {
+		r := p.result("./tests/integration")
+		if got := r.retryable(); got != tt.want {
 			t.Errorf("%s: retryable = %q, want %q", tt.name, got, tt.want)
+		}
+		if got := r.allUnstable(); got != tt.unstable {
+			t.Errorf("%s: allUnstable = %v, want %v", tt.name, got, tt.unstable)
 		}
 	}
 }
