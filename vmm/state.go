@@ -202,7 +202,12 @@ func (v *vcpu) restore(st *VCPUState) error {
 	if n != len(st.MSRs) {
 		return fmt.Errorf("KVM_SET_MSRS: KVM refused MSR %#x (set %d of %d)", st.MSRs[n].Index, n, len(st.MSRs))
 	}
-	return c.SetVCPUEvents(&st.Events)
+	// KVM_GET_VCPU_EVENTS never sets these two flags, and without them
+	// KVM_SET_VCPU_EVENTS leaves a pending NMI and the SIPI vector out:
+	// an NMI pending at the save would be lost (QEMU sets them too).
+	ev := st.Events
+	ev.Flags |= kvm.VCPUEventValidNMIPending | kvm.VCPUEventValidSIPIVector
+	return c.SetVCPUEvents(&ev)
 }
 
 // SaveVM captures the in-kernel PICs, IOAPIC, PIT and kvmclock. Call it

@@ -99,6 +99,9 @@ func TestPauseSaveRestore(t *testing.T) {
 
 	moved := append([]VCPUState(nil), saved...)
 	moved[0].Regs.RAX = b
+	// With NMIs masked (the guest never IRETs), an NMI stays pending: the
+	// restore must carry it (KVM drops it without a flag).
+	moved[0].Events.NMI.Pending, moved[0].Events.NMI.Masked = 1, 1
 	if err := m.RestoreVCPUs(ctx, moved); err != nil {
 		t.Fatal(err)
 	}
@@ -109,6 +112,11 @@ func TestPauseSaveRestore(t *testing.T) {
 
 	if err := m.Pause(ctx); err != nil {
 		t.Fatal(err)
+	}
+	if pending, err := m.SaveVCPUs(ctx); err != nil {
+		t.Fatal(err)
+	} else if pending[0].Events.NMI.Pending != 1 {
+		t.Errorf("vCPU 0 NMI pending = %d after restoring a masked pending NMI, want 1", pending[0].Events.NMI.Pending)
 	}
 	if err := m.RestoreVCPUs(ctx, saved); err != nil {
 		t.Fatal(err)
