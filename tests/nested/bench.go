@@ -195,7 +195,7 @@ func benchMode(ctx context.Context, p *progress, args []string) error {
 				pl.migArgs = append(pl.migArgs, qa...)
 			}
 		}
-		l1, err := h.writeL1(gp, gvmmBin, pl, f.compress)
+		l1, err := h.writeL1(gp, gvmmBin, pl, f)
 		if err != nil {
 			return err
 		}

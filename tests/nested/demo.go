@@ -107,7 +107,7 @@ func demoMode(ctx context.Context, p *progress, args []string) error {
 	if !interactive {
 		pl.heartbeat = 20 // only the non-interactive L1 has the second serial port
 	}
-	l1, err := h.writeL1(gp, gvmmBin, pl, f.compress)
+	l1, err := h.writeL1(gp, gvmmBin, pl, f)
 	if err != nil {
 		return err
 	}
@@ -255,7 +255,7 @@ func shellMode(ctx context.Context, p *progress, args []string) error {
 	if err != nil {
 		return err
 	}
-	l1, err := h.writeL1(gp, gvmmBin, l1Plan{mode: "shell"}, f.compress)
+	l1, err := h.writeL1(gp, gvmmBin, l1Plan{mode: "shell"}, f)
 	if err != nil {
 		return err
 	}

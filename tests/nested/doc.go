@@ -42,6 +42,10 @@
 // output showed a known nested instability (a guest triple fault or
 // stall). A test whose failures all showed one gets a second rerun.
 //
+// -kvm-params passes module parameters to L1's kvm and kvm-amd (for
+// example "kvm.tdp_mmu=0"), to try L1's KVM in other configurations when
+// chasing a nested failure; L1 prints them when it loads the modules.
+//
 // GVMM_NESTED=force takes the nested path even with /dev/kvm (to test the
 // harness itself); GVMM_NESTED=off runs directly even without it.
 //

@@ -250,6 +250,29 @@ type l1Plan struct {
 	migbench    string        // bench mode: host path of migbench, put at l1MigBench
 	qemu        *qemuPayload  // bench mode: QEMU to compare with; nil: none
 	heartbeat   int           // seconds between heartbeats; 0: none
+	kvmArgs     []string      // insmod arguments of kvm.ko (NAME=VALUE)
+	kvmAMDArgs  []string      // insmod arguments of kvm-amd.ko
+}
+
+// splitKVMParams splits -kvm-params into kvm.ko's and kvm-amd.ko's insmod
+// arguments.
+func splitKVMParams(s string) (kvm, amd []string, err error) {
+	for _, p := range strings.Fields(s) {
+		mod, arg, ok := strings.Cut(p, ".")
+		name, _, hasValue := strings.Cut(arg, "=")
+		if !ok || !hasValue || name == "" || strings.ContainsAny(arg, "'\"\\$`") {
+			return nil, nil, fmt.Errorf("%w: -kvm-params: %q is not kvm.NAME=VALUE or kvm_amd.NAME=VALUE", errUsage, p)
+		}
+		switch mod {
+		case "kvm":
+			kvm = append(kvm, arg)
+		case "kvm_amd":
+			amd = append(amd, arg)
+		default:
+			return nil, nil, fmt.Errorf("%w: -kvm-params: %q: module %q is neither kvm nor kvm_amd", errUsage, p, mod)
+		}
+	}
+	return kvm, amd, nil
 }
 
 // shQuote quotes s for a POSIX shell.
@@ -267,6 +290,8 @@ func (pl l1Plan) script() string {
 	fmt.Fprintf(&b, "GVMM_TEST_TIMEOUT=%s\n", shQuote(pl.testTimeout.String()))
 	fmt.Fprintf(&b, "GVMM_TEST_RUN=%s\n", shQuote(pl.testRun))
 	fmt.Fprintf(&b, "GVMM_HEARTBEAT=%d\n", pl.heartbeat)
+	fmt.Fprintf(&b, "GVMM_KVM_ARGS=%s\n", shQuote(strings.Join(pl.kvmArgs, " ")))
+	fmt.Fprintf(&b, "GVMM_KVM_AMD_ARGS=%s\n", shQuote(strings.Join(pl.kvmAMDArgs, " ")))
 	fmt.Fprintf(&b, "gvmm_demo() {\n\t%s\n}\n", shCommand(pl.demoArgs))
 	fmt.Fprintf(&b, "GVMM_BENCH_BOOT=%d\n", min(len(pl.benchArgs), 1))
 	fmt.Fprintf(&b, "GVMM_BENCH_IO=%d\n", min(len(pl.ioArgs), 1))

@@ -136,3 +136,41 @@ func TestPlanScript(t *testing.T) {
 		t.Fatalf("bench arguments after the shell: %q, want %q", got, args)
 	}
 }
+
+func TestSplitKVMParams(t *testing.T) {
+	tests := []struct {
+		in       string
+		kvm, amd []string
+		bad      bool
+	}{
+		{"", nil, nil, false},
+		{"kvm.tdp_mmu=0", []string{"tdp_mmu=0"}, nil, false},
+		{" kvm_amd.vgif=0  kvm.eager_page_split=N ", []string{"eager_page_split=N"}, []string{"vgif=0"}, false},
+		{"tdp_mmu=0", nil, nil, true},
+		{"kvm.tdp_mmu", nil, nil, true},
+		{"kvm.=1", nil, nil, true},
+		{"kvm_intel.ept=0", nil, nil, true},
+		{"kvm.x=$(reboot)", nil, nil, true},
+		{"kvm.x='", nil, nil, true},
+	}
+	for _, tt := range tests {
+		kvm, amd, err := splitKVMParams(tt.in)
+		if tt.bad {
+			if err == nil {
+				t.Errorf("splitKVMParams(%q) = %q, %q; want an error", tt.in, kvm, amd)
+			}
+			continue
+		}
+		if err != nil || !slices.Equal(kvm, tt.kvm) || !slices.Equal(amd, tt.amd) {
+			t.Errorf("splitKVMParams(%q) = %q, %q, %v; want %q, %q", tt.in, kvm, amd, err, tt.kvm, tt.amd)
+		}
+	}
+	pl := l1Plan{mode: "test", kvmArgs: []string{"tdp_mmu=0"}, kvmAMDArgs: []string{"vgif=0", "npt=1"}}
+	out, err := exec.Command("sh", "-c", pl.script()+"\nprintf '%s\\n' $GVMM_KVM_ARGS $GVMM_KVM_AMD_ARGS\n").Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := strings.Fields(string(out)), []string{"tdp_mmu=0", "vgif=0", "npt=1"}; !slices.Equal(got, want) {
+		t.Errorf("insmod arguments after the shell: %q, want %q", got, want)
+	}
+}

@@ -19,8 +19,16 @@ ip link set lo up
 . /gvmm/plan.sh
 
 for m in $GVMM_MODULES; do
-	insmod "/gvmm/modules/$m" || echo "=== GVMM-NESTED ERROR insmod $m failed"
+	case $m in
+	kvm.ko) args=$GVMM_KVM_ARGS ;;
+	kvm-amd.ko) args=$GVMM_KVM_AMD_ARGS ;;
+	*) args= ;;
+	esac
+	# $args unquoted: one word per NAME=VALUE.
+	insmod "/gvmm/modules/$m" $args || echo "=== GVMM-NESTED ERROR insmod $m $args failed"
 done
+[ -z "$GVMM_KVM_ARGS$GVMM_KVM_AMD_ARGS" ] || echo "L1 KVM module parameters: kvm $GVMM_KVM_ARGS; kvm_amd $GVMM_KVM_AMD_ARGS"
+
 [ -e /dev/kvm ] || mknod /dev/kvm c 10 232
 if [ -e /sys/class/misc/kvm ]; then
 	echo "=== GVMM-NESTED KVM READY"

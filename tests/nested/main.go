@@ -205,6 +205,9 @@ type l1Flags struct {
 	timeout, silence time.Duration
 	memMiB, cpus     int
 	compress, keep   bool
+	// kvmParams are module parameters for L1's kvm.ko and kvm-amd.ko,
+	// "kvm.NAME=VALUE" or "kvm_amd.NAME=VALUE", space-separated.
+	kvmParams string
 }
 
 func (f *l1Flags) register(fs *flag.FlagSet, timeout time.Duration) {
@@ -214,6 +217,7 @@ func (f *l1Flags) register(fs *flag.FlagSet, timeout time.Duration) {
 	fs.IntVar(&f.cpus, "cpus", 2, "L1 vCPUs")
 	fs.BoolVar(&f.compress, "gzip", false, "gzip L1's initramfs (smaller, but slower to unpack under TCG)")
 	fs.BoolVar(&f.keep, "keep", false, "keep this run's build folder (L1 initramfs, binaries) for debugging")
+	fs.StringVar(&f.kvmParams, "kvm-params", "", `module parameters for L1's KVM, space-separated "kvm.NAME=VALUE" or "kvm_amd.NAME=VALUE" (for example "kvm.tdp_mmu=0")`)
 }
 
 func parseFlags(fs *flag.FlagSet, args []string) error {

@@ -61,7 +61,7 @@ func (h *harness) resumeAfterPanics(ctx context.Context, p *progress, parser *co
 		next := pl
 		next.tests = rest
 		next.testRun = runPattern(names)
-		l1, err := h.writeL1(gp, gvmmBin, next, f.compress)
+		l1, err := h.writeL1(gp, gvmmBin, next, f)
 		if err != nil {
 			p.say("resume: %v", err)
 			return parser, out

@@ -76,7 +76,7 @@ func testMode(ctx context.Context, p *progress, args []string) error {
 		parser.Line(markerDone)
 	case nested:
 		pl := l1Plan{mode: "test", tests: runnable, testTimeout: *testTimeout, testRun: *run, heartbeat: 20}
-		l1, err := h.writeL1(gp, gvmmBin, pl, f.compress)
+		l1, err := h.writeL1(gp, gvmmBin, pl, f)
 		if err != nil {
 			return err
 		}
@@ -127,7 +127,12 @@ func testMode(ctx context.Context, p *progress, args []string) error {
 }
 
 // writeL1 writes L1's initramfs for the plan into the run's folder.
-func (h *harness) writeL1(gp guestParts, gvmmBin string, pl l1Plan, compress bool) (string, error) {
+func (h *harness) writeL1(gp guestParts, gvmmBin string, pl l1Plan, f l1Flags) (string, error) {
+	compress := f.compress
+	var err error
+	if pl.kvmArgs, pl.kvmAMDArgs, err = splitKVMParams(f.kvmParams); err != nil {
+		return "", err
+	}
 	if _, err := exec.LookPath("qemu-system-x86_64"); err != nil {
 		return "", fmt.Errorf("the nested machine needs QEMU: apt-get install qemu-system-x86 (listed in .ci/apt-packages): %w", err)
 	}
@@ -238,7 +243,7 @@ func (h *harness) retryFailures(ctx context.Context, p *progress, parser *consol
 			return nil
 		}
 		pl.tests, pl.testRun = retry, strings.Join(pats, "|")
-		l1, err := h.writeL1(gp, gvmmBin, pl, f.compress)
+		l1, err := h.writeL1(gp, gvmmBin, pl, f)
 		if err != nil {
 			return []string{"retry: " + err.Error()}
 		}
