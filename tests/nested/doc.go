@@ -45,6 +45,11 @@
 // -kvm-params passes module parameters to L1's kvm and kvm-amd (for
 // example "kvm.tdp_mmu=0"), to try L1's KVM in other configurations when
 // chasing a nested failure; L1 prints them when it loads the modules.
+// -kvm-trace N has L1's KVM trace its guests' exits and injections into a
+// ring buffer that stops at the first guest shutdown (a triple fault); the
+// last N events before it are printed after the test package, prefixed
+// "kvmtrace| ". The exit before a shutdown says what the guest was doing:
+// its intr_info is the event being delivered when the guest died.
 //
 // GVMM_NESTED=force takes the nested path even with /dev/kvm (to test the
 // harness itself); GVMM_NESTED=off runs directly even without it.

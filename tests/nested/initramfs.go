@@ -252,6 +252,7 @@ type l1Plan struct {
 	heartbeat   int           // seconds between heartbeats; 0: none
 	kvmArgs     []string      // insmod arguments of kvm.ko (NAME=VALUE)
 	kvmAMDArgs  []string      // insmod arguments of kvm-amd.ko
+	kvmTrace    int           // lines of L1's KVM trace to print after a guest shutdown; 0: no tracing
 }
 
 // splitKVMParams splits -kvm-params into kvm.ko's and kvm-amd.ko's insmod
@@ -292,6 +293,7 @@ func (pl l1Plan) script() string {
 	fmt.Fprintf(&b, "GVMM_HEARTBEAT=%d\n", pl.heartbeat)
 	fmt.Fprintf(&b, "GVMM_KVM_ARGS=%s\n", shQuote(strings.Join(pl.kvmArgs, " ")))
 	fmt.Fprintf(&b, "GVMM_KVM_AMD_ARGS=%s\n", shQuote(strings.Join(pl.kvmAMDArgs, " ")))
+	fmt.Fprintf(&b, "GVMM_KVM_TRACE=%d\nGVMM_KVM_TRACE_LINES=%d\n", min(pl.kvmTrace, 1), pl.kvmTrace)
 	fmt.Fprintf(&b, "gvmm_demo() {\n\t%s\n}\n", shCommand(pl.demoArgs))
 	fmt.Fprintf(&b, "GVMM_BENCH_BOOT=%d\n", min(len(pl.benchArgs), 1))
 	fmt.Fprintf(&b, "GVMM_BENCH_IO=%d\n", min(len(pl.ioArgs), 1))

@@ -50,6 +50,28 @@ if [ "$GVMM_HEARTBEAT" -gt 0 ] && [ -e /dev/ttyS1 ]; then
 	hb=$!
 fi
 
+# With -kvm-trace, L1's KVM traces every exit of its guests (and what it
+# injects) into a ring buffer that stops at the first shutdown exit (a
+# guest triple fault, SVM exit code 0x7f); after each test package the
+# buffer's tail is printed if it stopped, and tracing starts again.
+T=/sys/kernel/tracing
+if [ "$GVMM_KVM_TRACE" = 1 ]; then
+	mount -t tracefs tracefs $T
+	echo 8192 >$T/buffer_size_kb
+	for e in kvm_exit kvm_inj_exception kvm_inj_virq kvm_page_fault kvm_nested_vmexit kvm_apic_accept_irq kvm_msr kvm_set_irq kvm_userspace_exit; do
+		echo 1 >$T/events/kvm/$e/enable || echo "kvm-trace: no event $e"
+	done
+	echo 'traceoff if exit_reason == 127' >$T/events/kvm/kvm_exit/trigger || echo "kvm-trace: no trigger"
+	echo 1 >$T/tracing_on
+fi
+kvm_trace_dump() {
+	[ "$GVMM_KVM_TRACE" = 1 ] && [ "$(cat $T/tracing_on)" = 0 ] || return 0
+	echo "kvm-trace: a guest shut down; the last $GVMM_KVM_TRACE_LINES events before it:"
+	tail -n "$GVMM_KVM_TRACE_LINES" $T/trace | sed 's/^/kvmtrace| /'
+	echo >$T/trace
+	echo 1 >$T/tracing_on
+}
+
 export GVMM_REQUIRE_KVM=1
 export GVMM_BIN=/gvmm/bin/gvmm
 export GVMM_GUEST_KERNEL=/gvmm/guest/vmlinuz
@@ -64,6 +86,7 @@ run_tests() {
 		echo "=== GVMM-NESTED BEGIN $pkg"
 		(cd "/gvmm/tests/$dir" && exec "./$dir.test" "$@") </dev/null 2>&1
 		echo "=== GVMM-NESTED END $pkg rc=$?"
+		kvm_trace_dump
 	done </gvmm/tests.list
 }
 

@@ -208,6 +208,9 @@ type l1Flags struct {
 	// kvmParams are module parameters for L1's kvm.ko and kvm-amd.ko,
 	// "kvm.NAME=VALUE" or "kvm_amd.NAME=VALUE", space-separated.
 	kvmParams string
+	// kvmTrace is how many lines of L1's KVM trace to print after a
+	// guest shutdown (a triple fault); 0: L1 does not trace.
+	kvmTrace int
 }
 
 func (f *l1Flags) register(fs *flag.FlagSet, timeout time.Duration) {
@@ -217,6 +220,7 @@ func (f *l1Flags) register(fs *flag.FlagSet, timeout time.Duration) {
 	fs.IntVar(&f.cpus, "cpus", 2, "L1 vCPUs")
 	fs.BoolVar(&f.compress, "gzip", false, "gzip L1's initramfs (smaller, but slower to unpack under TCG)")
 	fs.BoolVar(&f.keep, "keep", false, "keep this run's build folder (L1 initramfs, binaries) for debugging")
+	fs.IntVar(&f.kvmTrace, "kvm-trace", 0, "trace L1's KVM exits and injections, and after a guest shutdown (a triple fault) print this many of the last events; 0: no tracing")
 	fs.StringVar(&f.kvmParams, "kvm-params", "", `module parameters for L1's KVM, space-separated "kvm.NAME=VALUE" or "kvm_amd.NAME=VALUE" (for example "kvm.tdp_mmu=0")`)
 }
 

@@ -133,6 +133,10 @@ func (h *harness) writeL1(gp guestParts, gvmmBin string, pl l1Plan, f l1Flags) (
 	if pl.kvmArgs, pl.kvmAMDArgs, err = splitKVMParams(f.kvmParams); err != nil {
 		return "", err
 	}
+	if f.kvmTrace < 0 {
+		return "", fmt.Errorf("%w: -kvm-trace: %d lines", errUsage, f.kvmTrace)
+	}
+	pl.kvmTrace = f.kvmTrace
 	if _, err := exec.LookPath("qemu-system-x86_64"); err != nil {
 		return "", fmt.Errorf("the nested machine needs QEMU: apt-get install qemu-system-x86 (listed in .ci/apt-packages): %w", err)
 	}
