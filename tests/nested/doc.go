@@ -42,9 +42,13 @@
 // output showed a known nested instability (a guest triple fault or
 // stall). A test whose failures all showed one gets a second rerun.
 //
-// -kvm-params passes module parameters to L1's kvm and kvm-amd (for
-// example "kvm.tdp_mmu=0"), to try L1's KVM in other configurations when
-// chasing a nested failure; L1 prints them when it loads the modules.
+// L1 loads kvm-amd with npt=0 (-kvm-params, default "kvm_amd.npt=0"):
+// L1's KVM shadows its guests' page tables rather than using the emulated
+// CPU's nested paging, which killed L2 guests now and then (see
+// defaultKVMParams). -kvm-params passes other module parameters to L1's
+// kvm and kvm-amd ("" for none, which turns nested paging back on), to try
+// L1's KVM in other configurations when chasing a nested failure; L1
+// prints them when it loads the modules.
 // -kvm-trace N has L1's KVM trace its guests' exits and injections into a
 // ring buffer that stops at the first guest shutdown (a triple fault); the
 // last N events before it are printed after the test package, prefixed
