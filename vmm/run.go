@@ -148,6 +148,9 @@ func (v *vcpu) run(started chan<- struct{}) error {
 			return nil
 		}
 		if v.m.pausePending.Load() {
+			if err := v.completePending(); err != nil {
+				return err
+			}
 			v.park()
 			continue
 		}
@@ -161,6 +164,35 @@ func (v *vcpu) run(started chan<- struct{}) error {
 			return err
 		}
 	}
+}
+
+// maxCompletionExits bounds the exits one completePending may service
+// (a string I/O instruction goes back to userspace once per chunk).
+const maxCompletionExits = 4096
+
+// completePending finishes the access the guest was in the middle of at
+// its last exit, before the vCPU parks: KVM puts an "in" or MMIO read's
+// value in its register and moves RIP past the instruction only on the
+// next KVM_RUN, and immediate_exit makes that KVM_RUN return before any
+// further guest instruction. The KVM API says state is consistent only
+// then. Without it, a saved vCPU sits on the access it already made, and
+// the restored guest makes it again: reading the UART's IIR twice lost
+// its transmit interrupt after a migration, and the console stalled.
+func (v *vcpu) completePending() error {
+	for range maxCompletionExits {
+		v.cpu.SetImmediateExit(true)
+		err := v.cpu.Run()
+		if errors.Is(err, unix.EINTR) || errors.Is(err, unix.EAGAIN) {
+			return nil // nothing (more) was pending
+		}
+		if err != nil {
+			return fmt.Errorf("vCPU %d: complete pending I/O: %w", v.id, err)
+		}
+		if err := v.handleExit(); err != nil {
+			return err
+		}
+	}
+	return fmt.Errorf("vCPU %d: pending I/O still unfinished after %d exits", v.id, maxCompletionExits)
 }
 
 // handleExit services one exit from KVM_RUN.
