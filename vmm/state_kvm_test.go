@@ -190,7 +190,13 @@ func TestPauseCompletesPendingIO(t *testing.T) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	go m.Run(ctx)
+	ran := make(chan struct{})
+	go func() {
+		defer close(ran)
+		m.Run(ctx)
+	}()
+	// Before m.Close (deferred earlier, so run later): Run must be over.
+	defer func() { cancel(); <-ran }()
 	const base = 0x30000
 	waitCounter(t, m, base, 0)
 	checked := 0
