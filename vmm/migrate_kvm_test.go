@@ -2,11 +2,7 @@ package vmm
 
 import (
 	"context"
-	"os"
-	"path/filepath"
 	"testing"
-
-	"github.com/gvmm/gvmm/vmm/vmmtest"
 )
 
 // pageDirty reports whether gpa's page is set in per-region bitmaps.
@@ -29,15 +25,7 @@ func pageDirty(m *Machine, bms [][]uint64, gpa uint64) bool {
 // the source stopped.
 func TestMigrateInProcess(t *testing.T) {
 	requireKVM(t)
-	kernel := filepath.Join(t.TempDir(), "bzImage")
-	if err := os.WriteFile(kernel, vmmtest.BzImage(counterCode, 1<<20), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	src, err := New(Config{KernelPath: kernel, MemoryBytes: MinMemory, CPUs: 2})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer src.Close()
+	src := newCodeMachine(t, counterCode, 2)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	srcRan := make(chan error, 1)

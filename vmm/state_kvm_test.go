@@ -26,6 +26,22 @@ func requireKVM(t *testing.T) {
 	f.Close()
 }
 
+// newCodeMachine makes a machine of cpus vCPUs whose "kernel" is code, at
+// the 64-bit entry point (vmmtest.BzImage), closed when the test ends.
+func newCodeMachine(t *testing.T, code []byte, cpus int) *Machine {
+	t.Helper()
+	kernel := filepath.Join(t.TempDir(), "bzImage")
+	if err := os.WriteFile(kernel, vmmtest.BzImage(code, 1<<20), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	m, err := New(Config{KernelPath: kernel, MemoryBytes: MinMemory, CPUs: cpus})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { m.Close() })
+	return m
+}
+
 // counterCode increments the 64-bit counter at the address in RAX forever:
 // mov rax, 0x30000; 1: inc qword [rax]; jmp 1b.
 var counterCode = []byte{0x48, 0xb8, 0x00, 0x00, 0x03, 0, 0, 0, 0, 0, 0x48, 0xff, 0x00, 0xeb, 0xfb}
@@ -57,15 +73,7 @@ func waitCounter(t *testing.T, m *Machine, gpa, above uint64) {
 // a second save matches the first.
 func TestPauseSaveRestore(t *testing.T) {
 	requireKVM(t)
-	kernel := filepath.Join(t.TempDir(), "bzImage")
-	if err := os.WriteFile(kernel, vmmtest.BzImage(counterCode, 1<<20), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	m, err := New(Config{KernelPath: kernel, MemoryBytes: MinMemory, CPUs: 2})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer m.Close()
+	m := newCodeMachine(t, counterCode, 2)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	ran := make(chan error, 1)
@@ -172,15 +180,7 @@ var readerCode = []byte{0xbf, 0x00, 0x00, 0x03, 0x00, 0xba, 0xf8, 0x03, 0x00, 0x
 // sit on the "in" with the byte gone, and a restored copy would lose it.
 func TestPauseCompletesPendingIO(t *testing.T) {
 	requireKVM(t)
-	kernel := filepath.Join(t.TempDir(), "bzImage")
-	if err := os.WriteFile(kernel, vmmtest.BzImage(readerCode, 1<<20), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	m, err := New(Config{KernelPath: kernel, MemoryBytes: MinMemory, CPUs: 1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer m.Close()
+	m := newCodeMachine(t, readerCode, 1)
 	input := make([]byte, serialInputMax)
 	for i := range input {
 		input[i] = byte(i%255) + 1
@@ -195,7 +195,7 @@ func TestPauseCompletesPendingIO(t *testing.T) {
 		defer close(ran)
 		m.Run(ctx)
 	}()
-	// Before m.Close (deferred earlier, so run later): Run must be over.
+	// Before m.Close (a cleanup, so run later): Run must be over.
 	defer func() { cancel(); <-ran }()
 	const base = 0x30000
 	waitCounter(t, m, base, 0)
