@@ -22,6 +22,76 @@ type Status struct {
 	CPUs        int     `json:"cpus"`
 	MemoryBytes uint64  `json:"memory_bytes"`
 	UptimeSec   float64 `json:"uptime_seconds"`
+	// Memguard is the protected-memory registry; nil before the VM runs.
+	Memguard *MemguardStatus `json:"memguard,omitempty"`
+}
+
+// MemguardStatus is the VM's protected guest memory: its regions, the
+// accesses refused (Violations, including unexpected changes found by a
+// measurement) and the guest requests refused (Refusals).
+type MemguardStatus struct {
+	Regions        []MemguardRegion `json:"regions"`
+	Violations     uint64           `json:"violations"`
+	Refusals       uint64           `json:"refusals"`
+	ProtectedPages int              `json:"protected_pages"`
+	// Ranges are the measured guest-physical ranges; Log the latest
+	// measurements (at most MaxMeasurementLog), oldest first.
+	Ranges []MemguardRange       `json:"ranges,omitempty"`
+	Log    []MemguardMeasurement `json:"log,omitempty"`
+}
+
+// MemguardRegion is one protected region. Owner is its owner's top-level
+// page-table address (its identity); Digest, hex SHA-256, and MeasuredAt
+// are the last measurement, empty before the first.
+type MemguardRegion struct {
+	ID         uint64    `json:"id"`
+	Mode       string    `json:"mode"`
+	Owner      uint64    `json:"owner"`
+	VA         uint64    `json:"va"`
+	Length     uint64    `json:"length"`
+	Locked     bool      `json:"locked"`
+	Violations uint64    `json:"violations"`
+	Digest     string    `json:"digest,omitempty"`
+	MeasuredAt time.Time `json:"measured_at,omitzero"`
+}
+
+// MemguardRange is a guest-physical range measured on request (for
+// example the guest kernel's code). Digest, hex SHA-256, and MeasuredAt
+// are the last measurement; Changed says it differed from the one before.
+type MemguardRange struct {
+	Name       string    `json:"name"`
+	GPA        uint64    `json:"gpa"`
+	Size       uint64    `json:"size"`
+	Digest     string    `json:"digest,omitempty"`
+	MeasuredAt time.Time `json:"measured_at,omitzero"`
+	Changed    bool      `json:"changed,omitempty"`
+}
+
+// MemguardMeasurement is one entry of the VM's measurement log: of
+// region Region, or of range Range. Unexpected marks an integrity region
+// that changed without its owner writing through gvmm (a violation).
+type MemguardMeasurement struct {
+	Time       time.Time `json:"time"`
+	Region     uint64    `json:"region,omitempty"`
+	Range      string    `json:"range,omitempty"`
+	Digest     string    `json:"digest"`
+	Trigger    string    `json:"trigger"`
+	Changed    bool      `json:"changed,omitempty"`
+	Unexpected bool      `json:"unexpected,omitempty"`
+}
+
+// MaxMeasurementLog is how many of the latest measurement log entries
+// the API shows.
+const MaxMeasurementLog = 32
+
+// MeasureRequest is the body of PUT /v1/vm/measure. With a Name, the
+// guest-physical range [GPA, GPA+Size) is first added to the ranges
+// measured with the protected regions; then every region and range is
+// measured now, and the reply is the VM's memguard status.
+type MeasureRequest struct {
+	Name string `json:"name,omitempty"`
+	GPA  uint64 `json:"gpa,omitempty"`
+	Size uint64 `json:"size,omitempty"`
 }
 
 // Machine is what the API controls.
@@ -34,6 +104,9 @@ type Machine interface {
 	// Migrate moves the machine to another host, reporting progress;
 	// on success the machine has been handed over and the source ends.
 	Migrate(ctx context.Context, req MigrateRequest, progress func(Progress)) (MigrateResult, error)
+	// Measure adds a measured range (req.Name set) and measures the
+	// protected regions and ranges now.
+	Measure(ctx context.Context, req MeasureRequest) (MemguardStatus, error)
 }
 
 // SnapshotRequest is the body of PUT /v1/vm/snapshot.
@@ -220,6 +293,31 @@ func Serve(ctx context.Context, ln net.Listener, m Machine, log *slog.Logger) er
 		log.Info("api: snapshot written", "path", res.Path, "bytes", res.Bytes)
 		reply(w, http.StatusOK, res)
 	})
+	mux.HandleFunc("PUT /v1/vm/measure", func(w http.ResponseWriter, r *http.Request) {
+		var req MeasureRequest
+		if err := decodeBody(r, &req); err != nil {
+			replyError(w, http.StatusBadRequest, err)
+			return
+		}
+		if req.Name == "" && (req.GPA != 0 || req.Size != 0) {
+			replyError(w, http.StatusBadRequest, errors.New("measure: a range needs a name"))
+			return
+		}
+		if req.Name != "" && (req.Size == 0 || req.GPA+req.Size < req.GPA || len(req.Name) > 64) {
+			replyError(w, http.StatusBadRequest, errors.New("measure: a range needs a size, must not wrap, and a name of at most 64 bytes"))
+			return
+		}
+		res, err := m.Measure(r.Context(), req)
+		if err != nil {
+			log.Warn("api: measure", "err", err)
+			replyError(w, http.StatusConflict, err)
+			return
+		}
+		if req.Name != "" {
+			log.Info("api: measured range added", "name", req.Name, "gpa", fmt.Sprintf("%#x", req.GPA), "size", req.Size)
+		}
+		reply(w, http.StatusOK, res)
+	})
 	mux.HandleFunc("PUT /v1/vm/migrate", func(w http.ResponseWriter, r *http.Request) {
 		var req MigrateRequest
 		if err := decodeBody(r, &req); err != nil {
@@ -327,6 +425,14 @@ func NewClient(path string) *Client {
 func (c *Client) Snapshot(ctx context.Context, req SnapshotRequest) (SnapshotResult, error) {
 	var res SnapshotResult
 	err := c.call(ctx, c.stream, http.MethodPut, "/v1/vm/snapshot", req, &res)
+	return res, err
+}
+
+// Measure asks the VM to add a measured range (req.Name set) and to
+// measure its protected regions and ranges now.
+func (c *Client) Measure(ctx context.Context, req MeasureRequest) (MemguardStatus, error) {
+	var res MemguardStatus
+	err := c.call(ctx, c.http, http.MethodPut, "/v1/vm/measure", req, &res)
 	return res, err
 }
 

@@ -22,6 +22,24 @@ type fakeMachine struct {
 	migrateErr error
 	lastSnap   SnapshotRequest
 	lastMig    MigrateRequest
+	measureErr error
+	measured   []MeasureRequest
+}
+
+func (f *fakeMachine) Measure(_ context.Context, req MeasureRequest) (MemguardStatus, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.measureErr != nil {
+		return MemguardStatus{}, f.measureErr
+	}
+	f.measured = append(f.measured, req)
+	st := MemguardStatus{Regions: []MemguardRegion{}}
+	for _, r := range f.measured {
+		if r.Name != "" {
+			st.Ranges = append(st.Ranges, MemguardRange{Name: r.Name, GPA: r.GPA, Size: r.Size, Digest: "ab"})
+		}
+	}
+	return st, nil
 }
 
 func (f *fakeMachine) Snapshot(_ context.Context, req SnapshotRequest) (SnapshotResult, error) {
@@ -236,5 +254,46 @@ func TestAPIMigrate(t *testing.T) {
 		if _, err := c.Migrate(ctx, bad, nil); err == nil || !strings.Contains(err.Error(), "required") {
 			t.Fatalf("migrate %+v: %v", bad, err)
 		}
+	}
+}
+
+func TestAPIMeasure(t *testing.T) {
+	m := &fakeMachine{}
+	path, stop := startServer(t, m)
+	defer stop()
+	c := NewClient(path)
+	ctx := context.Background()
+	for _, tc := range []struct {
+		name   string
+		req    MeasureRequest
+		ranges int
+		err    string
+	}{
+		{"measure now", MeasureRequest{}, 0, ""},
+		{"add a range", MeasureRequest{Name: "kernel-code", GPA: 0x1000000, Size: 0xe00000}, 1, ""},
+		{"range without a name", MeasureRequest{GPA: 0x1000000, Size: 0x1000}, 0, "needs a name"},
+		{"range without a size", MeasureRequest{Name: "x", GPA: 0x1000000}, 0, "needs a size"},
+		{"range that wraps", MeasureRequest{Name: "x", GPA: 1 << 63, Size: 1 << 63}, 0, "wrap"},
+		{"name too long", MeasureRequest{Name: strings.Repeat("n", 65), Size: 0x1000}, 0, "64 bytes"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			st, err := c.Measure(ctx, tc.req)
+			if tc.err != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.err) {
+					t.Fatalf("err %v, want %q", err, tc.err)
+				}
+				return
+			}
+			if err != nil || len(st.Ranges) != tc.ranges {
+				t.Fatalf("%+v, %v; want %d ranges", st, err, tc.ranges)
+			}
+		})
+	}
+	if len(m.measured) != 2 || m.measured[1].Name != "kernel-code" || m.measured[1].GPA != 0x1000000 {
+		t.Fatalf("requests reached the machine as %+v", m.measured)
+	}
+	m.measureErr = errors.New("range outside RAM")
+	if _, err := c.Measure(ctx, MeasureRequest{Name: "y", GPA: 1 << 40, Size: 4096}); err == nil || !strings.Contains(err.Error(), "outside RAM") {
+		t.Fatalf("refused range: %v", err)
 	}
 }

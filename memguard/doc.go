@@ -155,6 +155,19 @@
 //     register at all.
 //   - Memory outside regions, and the register state of the owner (the
 //     kernel saves it on every interrupt).
+//   - The host and whoever holds gvmm's files: a snapshot file (gvmm
+//     snapshot) holds the protected pages in the clear with the rest of
+//     guest RAM, and the registry beside them; only live migration
+//     carries them under the stream's encryption. The host's root can
+//     read guest RAM anyway: memguard hides a process from its own guest,
+//     not from the host.
+//   - Measured ranges (AddRange, such as the kernel's code) are hashed,
+//     not protected: the guest writes them at full speed, and a change
+//     that is undone between two measurements is not seen. A measurement
+//     says what the bytes were at that moment.
+//   - DMA by a device gvmm does not emulate (there is none today: every
+//     device is a virtio device of gvmm's, and each access goes through
+//     DMA at the time the device makes it).
 //
 // # Measurement
 //
@@ -174,5 +187,16 @@
 // RAM through DMA. Periodically:
 // CheckOwners (apply Slots if it released anything) and MeasureAll, or
 // Run. For migration: Save while paused; Restore on the destination
-// before resuming, then apply Slots.
+// before resuming, then apply Slots. Memory.WriteAt, which the guard uses
+// for every write it makes for an owner and for every wipe, must mark the
+// VMM-side dirty bitmap, so a live migration sends those pages again
+// (KVM's dirty log does not see them: they have no writable slot).
+//
+// gvmm (package vmm) does all of this: a machine with no region keeps
+// one memory slot per RAM region, exactly as without memguard, and only
+// a registration splits them; a refused access becomes a #GP in the guest
+// with gvmm run --memguard-faults; measured ranges are added and
+// everything measured on request with gvmm measure (PUT /v1/vm/measure),
+// and gvmm status shows regions, ranges, violations and the latest
+// measurement log entries.
 package memguard

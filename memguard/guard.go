@@ -70,6 +70,14 @@ type Config struct {
 	Now func() time.Time
 	// LogSize bounds the measurement log (0: DefaultLogSize).
 	LogSize int
+	// DeferHostLock leaves the host locks (mlock, munlock) of protected
+	// pages to SyncHost instead of doing them at registration and
+	// release. A VMM sets it to lock pages only while no vCPU is in guest
+	// mode: locking part of guest RAM splits the host's VMA, and with it
+	// a transparent huge page, which makes the host kernel invalidate the
+	// guest's nested page tables and drain per-CPU page lists, both by
+	// interrupting every CPU, those running vCPUs included.
+	DeferHostLock bool
 }
 
 // region is one protected range of an owner's virtual memory.
@@ -118,6 +126,17 @@ type Guard struct {
 	// npages is len(byPage), readable without the lock: MMIO exits of a
 	// VM with nothing protected skip the lock.
 	npages atomic.Int64
+	// hostOps are the host locks and unlocks Config.DeferHostLock left to
+	// SyncHost, in order.
+	hostOps []hostOp
+}
+
+// hostOp is one deferred lockPages: lock r's pages (r is set), or unlock
+// pages of a released region.
+type hostOp struct {
+	r     *region
+	pages []uint64
+	lock  bool
 }
 
 // New returns an empty Guard.
@@ -401,6 +420,10 @@ func (g *Guard) insert(r *region) {
 	g.resort()
 	g.layoutGen++
 	if hm, ok := g.cfg.Memory.(HostMemory); ok {
+		if g.cfg.DeferHostLock {
+			g.hostOps = append(g.hostOps, hostOp{r: r, pages: r.pages, lock: true})
+			return
+		}
 		err := lockPages(hm, r.pages, true)
 		r.locked = err == nil
 		if err != nil {
@@ -420,15 +443,66 @@ func (g *Guard) release(r *region, why string) {
 		}
 		delete(g.byPage, p)
 	}
+	g.unlockRegion(r)
+	delete(g.regions, r.id)
+	g.resort()
+	g.layoutGen++
+	g.log.Info("memguard: region released", "id", r.id, "why", why)
+}
+
+// unlockRegion undoes r's host lock, or with Config.DeferHostLock leaves
+// it to SyncHost (a lock still pending is dropped). g.mu is held.
+func (g *Guard) unlockRegion(r *region) {
+	if g.cfg.DeferHostLock {
+		for i, op := range g.hostOps {
+			if op.r == r {
+				g.hostOps = append(g.hostOps[:i], g.hostOps[i+1:]...)
+				break
+			}
+		}
+		if r.locked {
+			g.hostOps = append(g.hostOps, hostOp{pages: r.pages})
+			r.locked = false
+		}
+		return
+	}
 	if r.locked {
 		if hm, ok := g.cfg.Memory.(HostMemory); ok {
 			_ = lockPages(hm, r.pages, false)
 		}
 	}
-	delete(g.regions, r.id)
-	g.resort()
-	g.layoutGen++
-	g.log.Info("memguard: region released", "id", r.id, "why", why)
+}
+
+// HostPending says whether SyncHost has host locks or unlocks to do.
+func (g *Guard) HostPending() bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return len(g.hostOps) > 0
+}
+
+// SyncHost does the host locks and unlocks Config.DeferHostLock left
+// pending. The VMM calls it while no vCPU is in guest mode. A page that
+// cannot be locked is logged and its region reported as not locked, as
+// without DeferHostLock.
+func (g *Guard) SyncHost() {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	hm, ok := g.cfg.Memory.(HostMemory)
+	if !ok {
+		g.hostOps = nil
+		return
+	}
+	for _, op := range g.hostOps {
+		err := lockPages(hm, op.pages, op.lock)
+		if op.r == nil {
+			continue
+		}
+		op.r.locked = err == nil
+		if err != nil {
+			g.log.Warn("memguard: cannot lock region in host memory", "id", op.r.id, "err", err)
+		}
+	}
+	g.hostOps = nil
 }
 
 func (g *Guard) resort() {
@@ -461,6 +535,11 @@ func (g *Guard) unregister(ctx VCPUContext, id uint64) error {
 // puts it in front of the memory its emulated devices reach (DMA), so a
 // guest kernel cannot have a device read or write a region for it.
 func (g *Guard) Protected(gpa, n uint64) bool {
+	if g.npages.Load() == 0 {
+		// Nothing protected: the devices' path (every ring access and
+		// buffer) takes no lock.
+		return false
+	}
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	return g.anyProtectedLocked(gpa, n)

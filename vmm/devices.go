@@ -156,7 +156,7 @@ func (m *Machine) addVirtio(name string, dev virtio.Device, backend io.Closer) e
 		}
 		dbs[q] = db
 	}
-	p, err := virtio.NewPCI(dev, m.mem, &msiInterrupter{router: m.msi, log: m.log, name: name}, virtio.PCIOptions{
+	p, err := virtio.NewPCI(dev, deviceMemory{m}, &msiInterrupter{router: m.msi, log: m.log, name: name}, virtio.PCIOptions{
 		BARAddr:   bar,
 		Doorbells: dbs,
 		Log:       m.log.With("device", name),

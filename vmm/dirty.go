@@ -2,6 +2,7 @@ package vmm
 
 import (
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/gvmm/gvmm/kvm"
@@ -14,8 +15,9 @@ type RAMRegion struct {
 	Data []byte
 }
 
-// Regions returns guest RAM region by region, in guest-physical order;
-// each region is one KVM memory slot (slot i is region i).
+// Regions returns guest RAM region by region, in guest-physical order.
+// At boot each region is one KVM memory slot; memguard may split one into
+// several (see ramSlot).
 func (m *Memory) Regions() []RAMRegion {
 	out := make([]RAMRegion, len(m.regions))
 	for i, r := range m.regions {
@@ -45,19 +47,26 @@ func (m *Memory) takeDirtyRegions() [][]uint64 {
 	return out
 }
 
-// setSlots (re)registers every RAM region as a memory slot with flags.
-// Changing only the flags of an existing slot is allowed by KVM and keeps
-// the guest's mappings.
-func (m *Machine) setSlots(flags uint32) error {
-	for i, r := range m.mem.Regions() {
-		if err := m.vm.SetUserMemoryRegion(&kvm.UserspaceMemoryRegion{
-			Slot:          uint32(i),
-			Flags:         flags,
-			GuestPhysAddr: r.GPA,
-			MemorySize:    uint64(len(r.Data)),
-			UserspaceAddr: sliceAddr(r.Data),
-		}); err != nil {
+// setDirtyLogging turns KVM's dirty logging on or off on every RAM slot.
+// Changing only the log flag of an existing slot is allowed by KVM and
+// keeps the guest's mappings. layoutMu keeps memguard's layout changes
+// out meanwhile.
+func (m *Machine) setDirtyLogging(on bool) error {
+	m.layoutMu.Lock()
+	defer m.layoutMu.Unlock()
+	was := m.dirtyLogging
+	m.dirtyLogging = on
+	for _, s := range m.slots {
+		if err := m.setSlot(s); err != nil {
+			m.dirtyLogging = was
 			return err
+		}
+	}
+	m.lostDirty = nil
+	if on {
+		m.lostDirty = make([][]uint64, len(m.mem.regions))
+		for i, r := range m.mem.regions {
+			m.lostDirty[i] = make([]uint64, kvm.DirtyBitmapLen(r.Size))
 		}
 	}
 	return nil
@@ -81,7 +90,7 @@ func (m *Machine) StartDirtyLog() error {
 		}
 		m.manualDirty = on
 	}
-	if err := m.setSlots(kvm.MemLogDirtyPages); err != nil {
+	if err := m.setDirtyLogging(true); err != nil {
 		return fmt.Errorf("start dirty log: %w", err)
 	}
 	if m.manualDirty {
@@ -116,27 +125,46 @@ func (m *Machine) enableManualDirty() (bool, error) {
 const protectChunk = 16384
 
 // protectAll write-protects every page of every RAM slot and clears their
-// (initially set) dirty bits, chunk by chunk.
+// (initially set) dirty bits, chunk by chunk. It holds layoutMu for one
+// chunk at a time; a slot memguard creates meanwhile starts all-dirty and
+// is protected by the next TakeDirty.
 func (m *Machine) protectAll() error {
 	ones := make([]uint64, protectChunk/64)
 	for i := range ones {
 		ones[i] = ^uint64(0)
 	}
-	for i, r := range m.mem.regions {
-		pages := r.Size / pageSize
+	m.layoutMu.Lock()
+	slots := append([]ramSlot(nil), m.slots...)
+	m.layoutMu.Unlock()
+	for _, s := range slots {
+		pages := s.size / pageSize
 		for first := uint64(0); first < pages; first += protectChunk {
 			n := min(pages-first, protectChunk)
-			if err := m.vm.ClearDirtyLog(uint32(i), first, uint32(n), ones); err != nil {
-				return fmt.Errorf("protect slot %d pages %d+%d: %w", i, first, n, err)
+			if err := m.protectRange(s, first, n, ones); err != nil {
+				return err
 			}
 		}
 	}
 	return nil
 }
 
+// protectRange clears pages first..first+n of slot s, unless memguard
+// replaced the slot since protectAll listed it.
+func (m *Machine) protectRange(s ramSlot, first, n uint64, ones []uint64) error {
+	m.layoutMu.Lock()
+	defer m.layoutMu.Unlock()
+	if !slices.Contains(m.slots, s) {
+		return nil
+	}
+	if err := m.vm.ClearDirtyLog(s.id, first, uint32(n), ones); err != nil {
+		return fmt.Errorf("protect slot %d pages %d+%d: %w", s.id, first, n, err)
+	}
+	return nil
+}
+
 // StopDirtyLog turns KVM's dirty page logging off again.
 func (m *Machine) StopDirtyLog() error {
-	if err := m.setSlots(0); err != nil {
+	if err := m.setDirtyLogging(false); err != nil {
 		return fmt.Errorf("stop dirty log: %w", err)
 	}
 	return nil
@@ -145,25 +173,34 @@ func (m *Machine) StopDirtyLog() error {
 // TakeDirty returns, per RAM region (in the order of Memory.Regions), a
 // bitmap of the pages written since the previous call or StartDirtyLog:
 // KVM's dirty log OR-ed with the VMM's own writes (device DMA, used
-// rings). Bit i of word j is page 64*j+i of the region. Reading KVM's log
-// resets it and write-protects the reported pages again; a page written
-// after that is reported by the next call.
+// rings, memguard's writes for an owner). Bit i of word j is page 64*j+i
+// of the region. Reading KVM's log resets it and write-protects the
+// reported pages again; a page written after that is reported by the next
+// call. KVM logs per memory slot; memguard may have split a region into
+// several slots, so each slot's log is shifted into its region's bitmap,
+// with the logs of slots deleted since the previous call.
 func (m *Machine) TakeDirty() ([][]uint64, error) {
+	m.layoutMu.Lock()
+	defer m.layoutMu.Unlock()
 	vmmBits := m.mem.takeDirtyRegions()
-	for i, r := range m.mem.regions {
-		bm := make([]uint64, kvm.DirtyBitmapLen(r.Size))
-		if err := m.vm.GetDirtyLog(uint32(i), bm); err != nil {
+	for _, s := range m.slots {
+		bm := make([]uint64, kvm.DirtyBitmapLen(s.size))
+		if err := m.vm.GetDirtyLog(s.id, bm); err != nil {
 			return nil, fmt.Errorf("take dirty pages: %w", err)
 		}
 		if m.manualDirty {
 			// GET only copied the bits; clearing them re-protects
 			// those pages before the caller reads them.
-			if err := m.vm.ClearDirtyLog(uint32(i), 0, uint32(r.Size/pageSize), bm); err != nil {
+			if err := m.vm.ClearDirtyLog(s.id, 0, uint32(s.size/pageSize), bm); err != nil {
 				return nil, fmt.Errorf("take dirty pages: %w", err)
 			}
 		}
-		for w := range vmmBits[i] {
-			vmmBits[i][w] |= bm[w]
+		m.mergeDirty(s, bm, vmmBits)
+	}
+	for i, lost := range m.lostDirty {
+		for w, word := range lost {
+			vmmBits[i][w] |= word
+			lost[w] = 0
 		}
 	}
 	return vmmBits, nil

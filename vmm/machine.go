@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/gvmm/gvmm/kvm"
+	"github.com/gvmm/gvmm/memguard"
 	"golang.org/x/sys/unix"
 )
 
@@ -44,6 +45,9 @@ type Config struct {
 	Incoming bool
 	// KVMPath is the KVM device; empty means /dev/kvm.
 	KVMPath string
+	// MemguardInjectFaults turns a refused access to protected memory
+	// into a #GP(0) in the guest (memguard.Config.InjectFaults).
+	MemguardInjectFaults bool
 	// Log receives diagnostics; nil discards them.
 	Log *slog.Logger
 }
@@ -142,6 +146,36 @@ type Machine struct {
 	tscKHz     uint32
 	// quiesced says devices hold still (Quiesce); guarded by pauseMu.
 	quiesced bool
+
+	// svm says KVM runs on AMD SVM (kvm_amd), where restoring TR needs
+	// its busy bit cleared (see trForSetSregs).
+	svm bool
+
+	// guard is the protected-memory registry (memguard); set by New,
+	// replaced by RestoreState. guardCfg is what it was made with.
+	guard    atomic.Pointer[memguard.Guard]
+	guardCfg memguard.Config
+	// readOnlyMem says KVM has KVM_CAP_READONLY_MEM.
+	readOnlyMem bool
+	// layoutMu serializes changes of the RAM slots and guards slots,
+	// layoutGen, dirtyLogging and lostDirty.
+	layoutMu sync.Mutex
+	// slots are the KVM memory slots over RAM, in guest-physical order.
+	slots []ramSlot
+	// layoutGuard and layoutGen are the guard and its layout generation
+	// that slots reflect.
+	layoutGuard *memguard.Guard
+	layoutGen   uint64
+	// dirtyLogging says KVM logs dirty pages on every RAM slot.
+	dirtyLogging bool
+	// lostDirty holds, per RAM region, the dirty logs of slots deleted
+	// while logging, until TakeDirty reports them.
+	lostDirty [][]uint64
+	// layoutHold keeps vCPUs out of KVM_RUN while slots change; holdDone
+	// (guarded by holdMu) is closed when the change is over.
+	layoutHold atomic.Bool
+	holdMu     sync.Mutex
+	holdDone   chan struct{}
 }
 
 // Validate checks a Config's values that need no files and no KVM.
@@ -240,19 +274,11 @@ func New(cfg Config) (_ *Machine, err error) {
 	if m.mem, err = NewMemory(cfg.MemoryBytes); err != nil {
 		return nil, err
 	}
-	for i, r := range m.mem.regions {
-		host, err := m.mem.Slice(r.GPA, r.Size)
-		if err != nil {
-			return nil, err
-		}
-		if err := m.vm.SetUserMemoryRegion(&kvm.UserspaceMemoryRegion{
-			Slot:          uint32(i),
-			GuestPhysAddr: r.GPA,
-			MemorySize:    r.Size,
-			UserspaceAddr: sliceAddr(host),
-		}); err != nil {
-			return nil, err
-		}
+	if err := m.initSlots(); err != nil {
+		return nil, err
+	}
+	if err := m.newGuard(cfg.MemguardInjectFaults); err != nil {
+		return nil, err
 	}
 	if boot != nil {
 		if err := m.load(boot.img, cfg, boot.initrd, boot.initrdSize, boot.plan); err != nil {
@@ -477,6 +503,7 @@ func (m *Machine) createVCPUs(n int, boot bool) error {
 		}
 		if i == 0 {
 			m.guestCPUID = cpuid
+			m.svm = isSVMHost(supported)
 			if m.tscKHz, err = c.GetTSCKHz(); err != nil {
 				return fmt.Errorf("set up vCPU 0: %w", err)
 			}
@@ -527,6 +554,16 @@ func (m *Machine) Run(ctx context.Context) (ExitReason, error) {
 		m.throttleLoop()
 	}()
 	defer func() { <-throttleDone }()
+	guardCtx, stopGuard := context.WithCancel(context.Background())
+	guardDone := make(chan struct{})
+	go func() {
+		defer close(guardDone)
+		m.runGuard(guardCtx)
+	}()
+	defer func() {
+		stopGuard()
+		<-guardDone
+	}()
 	m.pauseMu.Lock()
 	m.started = time.Now()
 	m.pauseMu.Unlock()

@@ -27,6 +27,9 @@ type vcpu struct {
 	wake chan struct{}
 	// throttleDue asks the vCPU to sit out its throttle share.
 	throttleDue atomic.Bool
+	// inGuest is set while the vCPU is in, or about to enter, KVM_RUN
+	// (see Machine.holdVCPUs).
+	inGuest atomic.Bool
 	// exits counts exits handled in user space; written only by the vCPU
 	// thread, read after it stopped.
 	exits ExitCounts
@@ -154,7 +157,15 @@ func (v *vcpu) run(started chan<- struct{}) error {
 			v.park()
 			continue
 		}
-		if err := v.cpu.Run(); err != nil {
+		v.inGuest.Store(true)
+		if v.m.layoutHold.Load() {
+			v.inGuest.Store(false)
+			v.m.waitLayout()
+			continue
+		}
+		err := v.cpu.Run()
+		v.inGuest.Store(false)
+		if err != nil {
 			if errors.Is(err, unix.EINTR) || errors.Is(err, unix.EAGAIN) {
 				continue // a signal or a kick: look at stop, then re-enter
 			}
@@ -209,6 +220,9 @@ func (v *vcpu) handleExit() error {
 			v.exits.IO = make(map[uint16]uint64)
 		}
 		v.exits.IO[io.Port]++
+		if isGuardRequest(io) {
+			return v.guardIO()
+		}
 		size := int(io.Size)
 		if size == 0 || len(io.Data) < size*int(io.Count) {
 			return v.guestError(fmt.Sprintf("malformed port I/O exit (port %#x size %d count %d)", io.Port, io.Size, io.Count))
@@ -226,6 +240,9 @@ func (v *vcpu) handleExit() error {
 	case kvm.ExitMMIO:
 		v.exits.MMIO++
 		mmio := v.cpu.MMIO()
+		if done, err := v.guardMMIO(mmio.PhysAddr, mmio.Data, mmio.IsWrite); err != nil || done {
+			return err
+		}
 		if v.m.mmio(mmio.PhysAddr, mmio.Data, mmio.IsWrite) {
 			break
 		}

@@ -12,13 +12,15 @@ import (
 	"time"
 
 	"github.com/gvmm/gvmm/kvm"
+	"github.com/gvmm/gvmm/memguard"
 	"github.com/gvmm/gvmm/virtio"
 )
 
 const kvmClockRealtime = kvm.ClockRealtime
 
 // StateComponent is one piece of a machine's saved state under a stable
-// id: "machine", "vcpu/<n>", "kvm/vm", "serial/com1", "virtio/<device>".
+// id: "machine", "vcpu/<n>", "kvm/vm", "serial/com1", "virtio/<device>",
+// "memguard".
 // Data is the component's versioned encoding; it is opaque to the
 // snapshot and migration layers that carry it.
 type StateComponent struct {
@@ -249,8 +251,10 @@ func splitDeviceName(name string) (string, int) {
 type vmState = VMState
 
 // SaveState captures the whole machine: its description, every vCPU, the
-// serial port, every virtio device, then the in-kernel irqchip, PIT and
-// kvmclock (read last, as late as possible). The machine must be paused
+// serial port, every virtio device, the protected-memory registry (owner
+// bindings, modes and measurements; the pages' contents travel with RAM),
+// then the in-kernel irqchip, PIT and kvmclock (read last, as late as
+// possible). The machine must be paused
 // with its devices quiesced (Quiesce); it stays paused.
 func (m *Machine) SaveState(ctx context.Context) ([]StateComponent, error) {
 	if err := m.requirePaused(); err != nil {
@@ -294,6 +298,13 @@ func (m *Machine) SaveState(ctx context.Context) ([]StateComponent, error) {
 		}
 	}
 	t2 := time.Now()
+	gs, err := m.guard.Load().Save()
+	if err != nil {
+		return nil, fmt.Errorf("save memguard: %w", err)
+	}
+	if err := add("memguard", gs); err != nil {
+		return nil, err
+	}
 	vm, err := m.SaveVM()
 	if err != nil {
 		return nil, fmt.Errorf("save VM state: %w", err)
@@ -319,8 +330,11 @@ type RestoreOptions struct {
 // built with Config.Incoming from the same Description shape, and still be
 // paused (Run starts an incoming machine paused). Every component is
 // decoded and checked before anything is restored; a component missing,
-// duplicated or unknown is an error. On error the machine must be
-// discarded.
+// duplicated or unknown is an error ("memguard" may be missing: states
+// from before it have none). Guest RAM must be in place already: the
+// protected regions are checked against it (owner page tables, digests)
+// before anything is restored, and their slot layout is applied last. On
+// error the machine must be discarded.
 func (m *Machine) RestoreState(ctx context.Context, comps []StateComponent, opts RestoreOptions) error {
 	start := time.Now()
 	if err := m.requirePaused(); err != nil {
@@ -367,6 +381,18 @@ func (m *Machine) RestoreState(ctx context.Context, comps []StateComponent, opts
 			return err
 		}
 	}
+	var guard *memguard.Guard
+	if _, ok := byID["memguard"]; ok {
+		var gs memguard.State
+		if err := take("memguard", &gs); err != nil {
+			return err
+		}
+		g, err := memguard.Restore(m.guardCfg, gs)
+		if err != nil {
+			return fmt.Errorf("restore memguard: %w", err)
+		}
+		guard = g
+	}
 	var vm vmState
 	if err := take("kvm/vm", &vm); err != nil {
 		return err
@@ -397,6 +423,12 @@ func (m *Machine) RestoreState(ctx context.Context, comps []StateComponent, opts
 	for i, d := range m.virtio {
 		if err := d.pci.RestoreState(devs[i]); err != nil {
 			return fmt.Errorf("restore %s: %w", d.name, err)
+		}
+	}
+	if guard != nil {
+		m.guard.Store(guard)
+		if err := m.applyLayout(nil); err != nil {
+			return fmt.Errorf("restore: %w", err)
 		}
 	}
 	m.log.Debug("restore timing", "decode", t0.Sub(start), "vm", t1.Sub(t0), "vcpus", t2.Sub(t1), "devices", time.Since(t2))

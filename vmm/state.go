@@ -180,7 +180,7 @@ func (v *vcpu) restore(st *VCPUState) error {
 	if err := c.SetRegs(&st.Regs); err != nil {
 		return err
 	}
-	if err := c.SetSregs(&st.Sregs); err != nil {
+	if err := v.restoreSregs(&st.Sregs); err != nil {
 		return err
 	}
 	if err := c.SetXSave(&st.XSave); err != nil {

@@ -1,13 +1,18 @@
 package main
 
 import (
+	"cmp"
 	"context"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
+	"strconv"
+	"strings"
 	"sync"
 
 	"github.com/gvmm/gvmm/api"
+	"github.com/gvmm/gvmm/memguard"
 	"github.com/gvmm/gvmm/vmm"
 )
 
@@ -43,7 +48,57 @@ func (h *machineHolder) Status() api.Status {
 	if m == nil {
 		return api.Status{State: "starting"}
 	}
-	return api.Status(m.Status())
+	st := m.Status()
+	return api.Status{State: st.State, CPUs: st.CPUs, MemoryBytes: st.MemoryBytes, UptimeSec: st.UptimeSec,
+		Memguard: memguardStatus(m.Memguard().Status(), m.Memguard().Log())}
+}
+
+// memguardStatus is the API's view of the protected-memory registry and
+// the latest entries of its measurement log.
+func memguardStatus(g memguard.Status, log []memguard.Measurement) *api.MemguardStatus {
+	out := &api.MemguardStatus{Regions: []api.MemguardRegion{}, Violations: g.Violations, Refusals: g.Refusals, ProtectedPages: g.Protected}
+	for _, r := range g.Regions {
+		ar := api.MemguardRegion{ID: r.ID, Mode: r.Mode.String(), Owner: r.Owner, VA: r.VA, Length: r.Length,
+			Locked: r.Locked, Violations: r.Violations}
+		if r.Last != nil {
+			ar.Digest, ar.MeasuredAt = hex.EncodeToString(r.Last.Digest[:]), r.Last.Time
+		}
+		out.Regions = append(out.Regions, ar)
+	}
+	for _, r := range g.Ranges {
+		ar := api.MemguardRange{Name: r.Name, GPA: r.GPA, Size: r.Size}
+		if r.Last != nil {
+			ar.Digest, ar.MeasuredAt, ar.Changed = hex.EncodeToString(r.Last.Digest[:]), r.Last.Time, r.Last.Changed
+		}
+		out.Ranges = append(out.Ranges, ar)
+	}
+	if len(log) > api.MaxMeasurementLog {
+		log = log[len(log)-api.MaxMeasurementLog:]
+	}
+	for _, m := range log {
+		out.Log = append(out.Log, api.MemguardMeasurement{Time: m.Time, Region: m.Region, Range: m.Range,
+			Digest: hex.EncodeToString(m.Digest[:]), Trigger: m.Trigger, Changed: m.Changed, Unexpected: m.Unexpected})
+	}
+	return out
+}
+
+// Measure adds a measured range to the running machine's guard (a name
+// given) and measures every region and range now.
+func (h *machineHolder) Measure(_ context.Context, req api.MeasureRequest) (api.MemguardStatus, error) {
+	m := h.get()
+	if m == nil {
+		return api.MemguardStatus{}, errors.New("measure: no machine running")
+	}
+	g := m.Memguard()
+	if req.Name != "" {
+		if err := g.AddRange(req.Name, req.GPA, req.Size); err != nil {
+			return api.MemguardStatus{}, fmt.Errorf("measure: %w", err)
+		}
+	}
+	if _, err := g.MeasureAll("api"); err != nil {
+		return api.MemguardStatus{}, fmt.Errorf("measure: %w", err)
+	}
+	return *memguardStatus(g.Status(), g.Log()), nil
 }
 
 func (h *machineHolder) Pause(ctx context.Context) error {
@@ -138,9 +193,76 @@ func apiCmd(name string, call func(*api.Client, context.Context) (api.Status, er
 		if err != nil {
 			return err
 		}
-		fmt.Fprintf(e.stdout, "state=%s cpus=%d memory=%s uptime=%.1fs\n", st.State, st.CPUs, vmm.FormatSize(st.MemoryBytes), st.UptimeSec)
+		printStatus(e, st)
 		return nil
 	}
+}
+
+// printStatus prints a VM's status: one line, then memguard's summary, one
+// line per protected region and one per measured range.
+func printStatus(e *env, st api.Status) {
+	fmt.Fprintf(e.stdout, "state=%s cpus=%d memory=%s uptime=%.1fs\n", st.State, st.CPUs, vmm.FormatSize(st.MemoryBytes), st.UptimeSec)
+	if g := st.Memguard; g != nil {
+		printMemguard(e, g)
+	}
+}
+
+func printMemguard(e *env, g *api.MemguardStatus) {
+	fmt.Fprintf(e.stdout, "memguard regions=%d protected_pages=%d violations=%d refusals=%d\n",
+		len(g.Regions), g.ProtectedPages, g.Violations, g.Refusals)
+	for _, r := range g.Regions {
+		fmt.Fprintf(e.stdout, "memguard region id=%d mode=%s owner=%#x va=%#x len=%d locked=%v violations=%d digest=%s\n",
+			r.ID, r.Mode, r.Owner, r.VA, r.Length, r.Locked, r.Violations, cmp.Or(r.Digest, "-"))
+	}
+	for _, r := range g.Ranges {
+		fmt.Fprintf(e.stdout, "memguard range name=%s gpa=%#x size=%d digest=%s changed=%v\n",
+			r.Name, r.GPA, r.Size, cmp.Or(r.Digest, "-"), r.Changed)
+	}
+}
+
+// measureCmd is gvmm measure: add a measured range to a running VM (or
+// none) and measure its protected regions and ranges now.
+func measureCmd(ctx context.Context, e *env, args []string) error {
+	fs := newFlagSet(e, "measure", "--api-socket PATH [--range NAME=GPA+SIZE]\n\nMeasures (SHA-256) a running VM's protected regions and measured ranges now, first adding a guest-physical range to measure\n(for example the guest kernel's code from its /proc/iomem) when --range is given, and prints the results.")
+	sock := fs.String("api-socket", "", "the VM's API socket `path` (required)")
+	rng := fs.String("range", "", "add the guest-physical range `NAME=GPA+SIZE` (numbers in Go syntax, e.g. kernel-code=0x1000000+0xe00000)")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	if *sock == "" {
+		return usageError("missing --api-socket PATH")
+	}
+	var req api.MeasureRequest
+	if *rng != "" {
+		var err error
+		if req, err = parseMeasureRange(*rng); err != nil {
+			return usageError("--range: %v", err)
+		}
+	}
+	g, err := api.NewClient(*sock).Measure(ctx, req)
+	if err != nil {
+		return err
+	}
+	printMemguard(e, &g)
+	return nil
+}
+
+// parseMeasureRange parses NAME=GPA+SIZE.
+func parseMeasureRange(s string) (api.MeasureRequest, error) {
+	name, rest, ok := strings.Cut(s, "=")
+	gpaS, sizeS, ok2 := strings.Cut(rest, "+")
+	if !ok || !ok2 || name == "" {
+		return api.MeasureRequest{}, fmt.Errorf("%q is not NAME=GPA+SIZE", s)
+	}
+	gpa, err := strconv.ParseUint(gpaS, 0, 64)
+	if err != nil {
+		return api.MeasureRequest{}, fmt.Errorf("GPA: %w", err)
+	}
+	size, err := strconv.ParseUint(sizeS, 0, 64)
+	if err != nil || size == 0 {
+		return api.MeasureRequest{}, fmt.Errorf("SIZE %q: not a positive number", sizeS)
+	}
+	return api.MeasureRequest{Name: name, GPA: gpa, Size: size}, nil
 }
 
 // serveAPI serves the control API for holder on a unix socket at path

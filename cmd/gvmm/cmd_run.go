@@ -61,6 +61,7 @@ func runCmd(ctx context.Context, e *env, args []string) error {
 	channel := fs.String("channel", "", "host-guest channel: a unix socket at `path` relayed to the guest's /dev/hvc0")
 	apiSocket := fs.String("api-socket", "", "serve the control API (status, pause, resume, snapshot, migrate) on a unix socket at `path`")
 	restore := fs.String("restore", "", "start from a snapshot `file` (gvmm snapshot) instead of booting; --disk, --net, --channel replace the saved machine's devices of that kind")
+	memguardFaults := fs.Bool("memguard-faults", false, "turn a refused access to protected guest memory (memguard) into a #GP in the guest instead of reading zeros or dropping the write")
 	stats := fs.Bool("stats", false, "print gvmm's run time and memory use (peak RSS, guest RAM touched, overhead) on stderr at exit")
 	if err := parseFlags(fs, args); err != nil {
 		return err
@@ -98,6 +99,8 @@ func runCmd(ctx context.Context, e *env, args []string) error {
 		Console:     e.stdout,
 		KVMPath:     *kvmPath,
 		Log:         e.log,
+
+		MemguardInjectFaults: *memguardFaults,
 	}
 	if *restore != "" {
 		cfg.Incoming = true

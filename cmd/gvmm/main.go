@@ -38,6 +38,7 @@ func commands() []command {
 		{"status", "show a running VM's state (through its --api-socket)", apiCmd("status", (*api.Client).Status)},
 		{"pause", "pause a running VM's vCPUs (through its --api-socket)", apiCmd("pause", (*api.Client).Pause)},
 		{"resume", "resume a paused VM (through its --api-socket)", apiCmd("resume", (*api.Client).Resume)},
+		{"measure", "measure a running VM's protected memory now, optionally adding a guest-physical range (through its --api-socket)", measureCmd},
 		{"snapshot", "write a running VM's complete state to a file (through its --api-socket)", snapshotCmd},
 		{"migrate", "live-migrate a running VM to gvmm receive on another host", migrateCmd},
 		{"receive", "wait for one incoming migration, then run the VM", receiveCmd},

@@ -69,6 +69,7 @@
 // The guest image is Debian's kernel and an initramfs written here (newc
 // cpio, gzip) holding busybox-static, tests/guest/init as /init, the shell
 // functions in tests/guest/shrc, the static agent from tests/guest/agent,
+// memguard-guest from tests/guest/memguard (as /bin/memguard-guest),
 // and the kernel package's virtio modules (and ext4, loaded on demand), in
 // the load order their .modinfo depends= fields give (modules.go;
 // tests/guest/modules loads them).

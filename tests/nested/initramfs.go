@@ -199,13 +199,17 @@ func busyboxApplets(ctx context.Context, bin string) ([]string, error) {
 	return applets, nil
 }
 
-// buildGuest compiles the guest agent and writes the guest initramfs into
+// buildGuest compiles the guest agent and memguard-guest and writes the guest initramfs into
 // dir, with the kernel modules of guestModuleGroups (modules.go). The
 // guest kernel is Debian's vmlinuz, used where it lies.
 func buildGuest(ctx context.Context, g goTool, d debPackages, applets []string, dir string) (guestImage, error) {
 	gi := guestImage{kernel: d.vmlinuz(), initrd: filepath.Join(dir, "guest-initrd.cpio.gz")}
 	agent := filepath.Join(dir, "agent")
 	if err := g.build(ctx, agent, "./tests/guest/agent"); err != nil {
+		return gi, err
+	}
+	mgGuest := filepath.Join(dir, "memguard-guest")
+	if err := g.build(ctx, mgGuest, "./tests/guest/memguard"); err != nil {
 		return gi, err
 	}
 	guestDir := filepath.Join(g.repo, "tests", "guest")
@@ -222,6 +226,9 @@ func buildGuest(ctx context.Context, g goTool, d debPackages, applets []string, 
 	}
 	if err == nil {
 		err = im.hostFile("bin/agent", agent, 0o755)
+	}
+	if err == nil {
+		err = im.hostFile("bin/memguard-guest", mgGuest, 0o755)
 	}
 	if err == nil {
 		err = im.hostFile("etc/shrc", filepath.Join(guestDir, "shrc"), 0o644)
