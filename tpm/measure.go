@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 
 	"github.com/google/go-tpm/tpm2"
 )
@@ -26,6 +27,10 @@ const (
 	EventPolicy EventType = 3
 	// EventClosing closes the unseal window for the rest of this boot.
 	EventClosing EventType = 4
+	// EventRuntime measures the SHA-256 digest of a run-time report
+	// (policy.RuntimeReport): what gvmm measured in a running VM's memory
+	// just before it attested. It only ever follows the closing event.
+	EventRuntime EventType = 5
 )
 
 func (e EventType) String() string {
@@ -38,6 +43,8 @@ func (e EventType) String() string {
 		return "policy"
 	case EventClosing:
 		return "closing"
+	case EventRuntime:
+		return "runtime"
 	}
 	return fmt.Sprintf("unknown(%d)", uint32(e))
 }
@@ -96,10 +103,10 @@ func (l *Log) Replay() [32]byte {
 	return pcr
 }
 
-// Closed reports whether the log's last event is the closing event.
+// Closed reports whether the log holds the closing event (only run-time
+// events may follow it).
 func (l *Log) Closed() bool {
-	n := len(l.Events)
-	return n > 0 && l.Events[n-1].Type == EventClosing
+	return slices.ContainsFunc(l.Events, func(e Event) bool { return e.Type == EventClosing })
 }
 
 // MarshalBinary encodes the log: magic, version, PCR, count, then
@@ -155,7 +162,7 @@ func ParseLog(b []byte) (*Log, error) {
 			return nil, fmt.Errorf("%w: event %d: short header", ErrBadLog, i)
 		}
 		t := EventType(eh[0])
-		if t < EventExecutable || t > EventClosing {
+		if t < EventExecutable || t > EventRuntime {
 			return nil, fmt.Errorf("%w: event %d: unknown type %d", ErrBadLog, i, eh[0])
 		}
 		if eh[1] > maxEventData {
@@ -193,6 +200,12 @@ func LaunchEvents(exeDigest [32]byte, config, policy []byte) []Event {
 		{Type: EventConfig, Data: c[:]},
 		{Type: EventPolicy, Data: p[:]},
 	}
+}
+
+// RuntimeEvent returns the event that measures a run-time report by its
+// SHA-256 digest.
+func RuntimeEvent(reportDigest [32]byte) Event {
+	return Event{Type: EventRuntime, Data: reportDigest[:]}
 }
 
 // ClosingEvent is the event that ends the unseal window.
