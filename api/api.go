@@ -53,6 +53,9 @@ type MemguardRegion struct {
 	Violations uint64    `json:"violations"`
 	Digest     string    `json:"digest,omitempty"`
 	MeasuredAt time.Time `json:"measured_at,omitzero"`
+	// UnexpectedChanges counts measurements that found the region changed
+	// without an owner write (each also counts as a violation).
+	UnexpectedChanges uint64 `json:"unexpected_changes,omitempty"`
 }
 
 // MemguardRange is a guest-physical range measured on request (for

@@ -183,10 +183,17 @@ func TestMeasure(t *testing.T) {
 		t.Fatalf("unexpected change: %+v %v", ms, err)
 	}
 	s := e.g.Status()
-	if s.Violations != 1 || s.Regions[0].Violations != 1 || s.Regions[0].Last == nil || s.Ranges[0].Last == nil {
+	if s.Violations != 1 || s.Regions[0].Violations != 1 || s.Regions[0].Unexpected != 1 || s.Regions[0].Last == nil || s.Ranges[0].Last == nil {
 		t.Errorf("status %+v", s)
 	}
-	if l := e.g.Log(); len(l) != 6 {
+	// A later measurement sees no new change; the count stays.
+	if ms, err := e.g.MeasureAll("periodic"); err != nil || ms[0].Unexpected {
+		t.Fatalf("unchanged region: %+v %v", ms, err)
+	}
+	if s := e.g.Status(); s.Regions[0].Unexpected != 1 {
+		t.Errorf("unexpected changes %d after a clean measurement, want 1", s.Regions[0].Unexpected)
+	}
+	if l := e.g.Log(); len(l) != 8 {
 		t.Errorf("log has %d entries", len(l))
 	}
 }

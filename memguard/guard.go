@@ -94,6 +94,9 @@ type region struct {
 
 	locked     bool
 	violations uint64
+	// unexpected counts the measurements that found the region changed
+	// with no owner write through gvmm since the one before.
+	unexpected uint64
 	// writes counts owner writes made through gvmm; measuredWrites is its
 	// value at the last measurement, so a change with no write between
 	// two measurements is unexpected.

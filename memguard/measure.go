@@ -115,6 +115,7 @@ func (g *Guard) measureRegion(r *region, trigger string) (Measurement, error) {
 	r.measuredWrites = r.writes
 	r.last = &m
 	if m.Unexpected {
+		r.unexpected++
 		r.violations++
 		g.violations++
 		g.log.Warn("memguard: violation: region changed without an owner write", "region", r.id, "mode", r.mode, "trigger", trigger)

@@ -31,6 +31,9 @@ type RegionState struct {
 	// Digest is the SHA-256 of the contents when saved.
 	Digest     [32]byte
 	Violations uint64
+	// Unexpected counts unexpected changes found before the save (absent
+	// from states of older builds: zero).
+	Unexpected uint64
 }
 
 // RangeState is one boot-time measured range.
@@ -62,7 +65,7 @@ func (g *Guard) Save() (State, error) {
 		st.Regions = append(st.Regions, RegionState{
 			ID: r.id, Owner: r.owner, LA57: r.la57, Mode: r.mode, VA: r.va,
 			Pages: append([]uint64(nil), r.pages...), Tables: append([]uint64(nil), r.path...),
-			Digest: m.Digest, Violations: r.violations,
+			Digest: m.Digest, Violations: r.violations, Unexpected: r.unexpected,
 		})
 	}
 	for _, mr := range g.ranges {
@@ -166,7 +169,7 @@ func (g *Guard) restoreRegion(rs RegionState, nextID uint64) error {
 	if d != rs.Digest {
 		return ErrMeasurementMismatch
 	}
-	r.violations = rs.Violations
+	r.violations, r.unexpected = rs.Violations, rs.Unexpected
 	g.insert(r)
 	m := Measurement{Time: g.now(), Region: r.id, Digest: d, Trigger: "restore"}
 	r.last = &m

@@ -16,6 +16,14 @@ func TestStateRoundTrip(t *testing.T) {
 	kernel := e.ctx
 	kernel.CPL = 0
 	e.g.HandleAccess(kernel, dataBase, make([]byte, 8), false)
+	// An unexpected change of region b (a write the VMM did not filter).
+	if _, err := e.g.MeasureRegion(b, "test"); err != nil {
+		t.Fatal(err)
+	}
+	e.m.b[dataBase+2*pageSize] ^= 1
+	if m, err := e.g.MeasureRegion(b, "test"); err != nil || !m.Unexpected {
+		t.Fatalf("change of region b: %+v %v", m, err)
+	}
 	st, err := e.g.Save()
 	if err != nil {
 		t.Fatal(err)
@@ -27,7 +35,8 @@ func TestStateRoundTrip(t *testing.T) {
 	}
 	s1, s2 := e.g.Status(), g2.Status()
 	if len(s2.Regions) != 2 || s2.Regions[0].ID != a || s2.Regions[1].ID != b || s2.Protected != s1.Protected ||
-		s2.Regions[0].Violations != 1 || s2.Regions[0].Last.Digest != s1.Regions[0].Last.Digest || len(s2.Ranges) != 1 {
+		s2.Regions[0].Violations != 1 || s2.Regions[0].Last.Digest != s1.Regions[0].Last.Digest || len(s2.Ranges) != 1 ||
+		s2.Regions[1].Unexpected != 1 || s2.Regions[1].Violations != 1 {
 		t.Fatalf("restored %+v\noriginal %+v", s2, s1)
 	}
 	sl1, _, _ := e.g.Slots()

@@ -21,6 +21,9 @@ type RegionStatus struct {
 	// Locked says its backing pages are locked in host RAM.
 	Locked     bool
 	Violations uint64
+	// Unexpected counts the measurements that found the region changed
+	// without an owner write (each is also a violation).
+	Unexpected uint64
 	// Last is the latest measurement, nil before the first.
 	Last *Measurement
 }
@@ -39,7 +42,7 @@ func (g *Guard) Status() Status {
 	s := Status{Violations: g.violations, Refusals: g.refusals, Protected: len(g.byPage)}
 	for _, r := range g.regionsInOrder() {
 		rs := RegionStatus{ID: r.id, Mode: r.mode, Owner: r.owner, VA: r.va, Length: r.length(),
-			Locked: r.locked, Violations: r.violations}
+			Locked: r.locked, Violations: r.violations, Unexpected: r.unexpected}
 		if r.last != nil {
 			m := *r.last
 			rs.Last = &m

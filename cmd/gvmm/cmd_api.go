@@ -59,7 +59,7 @@ func memguardStatus(g memguard.Status, log []memguard.Measurement) *api.Memguard
 	out := &api.MemguardStatus{Regions: []api.MemguardRegion{}, Violations: g.Violations, Refusals: g.Refusals, ProtectedPages: g.Protected}
 	for _, r := range g.Regions {
 		ar := api.MemguardRegion{ID: r.ID, Mode: r.Mode.String(), Owner: r.Owner, VA: r.VA, Length: r.Length,
-			Locked: r.Locked, Violations: r.Violations}
+			Locked: r.Locked, Violations: r.Violations, UnexpectedChanges: r.Unexpected}
 		if r.Last != nil {
 			ar.Digest, ar.MeasuredAt = hex.EncodeToString(r.Last.Digest[:]), r.Last.Time
 		}
@@ -211,8 +211,8 @@ func printMemguard(e *env, g *api.MemguardStatus) {
 	fmt.Fprintf(e.stdout, "memguard regions=%d protected_pages=%d violations=%d refusals=%d\n",
 		len(g.Regions), g.ProtectedPages, g.Violations, g.Refusals)
 	for _, r := range g.Regions {
-		fmt.Fprintf(e.stdout, "memguard region id=%d mode=%s owner=%#x va=%#x len=%d locked=%v violations=%d digest=%s\n",
-			r.ID, r.Mode, r.Owner, r.VA, r.Length, r.Locked, r.Violations, cmp.Or(r.Digest, "-"))
+		fmt.Fprintf(e.stdout, "memguard region id=%d mode=%s owner=%#x va=%#x len=%d locked=%v violations=%d digest=%s unexpected_changes=%d\n",
+			r.ID, r.Mode, r.Owner, r.VA, r.Length, r.Locked, r.Violations, cmp.Or(r.Digest, "-"), r.UnexpectedChanges)
 	}
 	for _, r := range g.Ranges {
 		fmt.Fprintf(e.stdout, "memguard range name=%s gpa=%#x size=%d digest=%s changed=%v\n",
