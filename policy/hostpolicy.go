@@ -13,7 +13,9 @@ import (
 // Principal.Owner) or an admin. A VM is accepted when its owner is in
 // AcceptOwners or its id in AcceptVMs, it comes from a host matching
 // AcceptSources, and, if RequireSourceAttestation, the source attested at
-// MinSourceTrust or above. Empty lists accept nothing.
+// MinSourceTrust or above, and, if RequireSourceRuntime or RequireRanges,
+// the source's quote covers a run-time measurement of the VM that passes
+// them. Empty lists accept nothing.
 type HostPolicy struct {
 	Host                     KeyID    `json:"host"`
 	Version                  uint64   `json:"version"`
@@ -22,6 +24,28 @@ type HostPolicy struct {
 	AcceptSources            []string `json:"accept_sources,omitempty"`
 	RequireSourceAttestation bool     `json:"require_source_attestation,omitempty"`
 	MinSourceTrust           string   `json:"min_source_trust,omitempty"`
+	// RequireSourceRuntime asks the attested source for a run-time
+	// measurement of the arriving VM (RuntimeReport), made for this
+	// migration and covered by its quote, in which no protected region
+	// changed unexpectedly. It needs RequireSourceAttestation.
+	RequireSourceRuntime bool `json:"require_source_runtime,omitempty"`
+	// RequireRanges are measured guest ranges that report must hold with
+	// these digests (a guest kernel's text, say). They imply
+	// RequireSourceRuntime.
+	RequireRanges []RangeDigest `json:"require_ranges,omitempty"`
+}
+
+// RangeDigest is a measured guest range's required digest.
+type RangeDigest struct {
+	Name string `json:"name"`
+	// SHA256 is the digest in lowercase hex.
+	SHA256 string `json:"sha256"`
+}
+
+// WantsRuntime reports whether the policy needs the source's run-time
+// measurement.
+func (h HostPolicy) WantsRuntime() bool {
+	return h.RequireSourceRuntime || len(h.RequireRanges) > 0
 }
 
 func (h *HostPolicy) check() error {
@@ -39,6 +63,17 @@ func (h *HostPolicy) check() error {
 	for _, v := range h.AcceptVMs {
 		if !validName(v) {
 			return fmt.Errorf("%w: accepted vm %q", ErrInvalid, v)
+		}
+	}
+	if h.WantsRuntime() && !h.RequireSourceAttestation {
+		return fmt.Errorf("%w: require_source_runtime and require_ranges need require_source_attestation", ErrInvalid)
+	}
+	if len(h.RequireRanges) > maxListLen {
+		return fmt.Errorf("%w: host policy list too long", ErrInvalid)
+	}
+	for _, r := range h.RequireRanges {
+		if r.Name == "" || len(r.Name) > maxRangeName || !validDigest(r.SHA256) {
+			return fmt.Errorf("%w: required range %q: want a name and a lowercase hex SHA-256", ErrInvalid, r.Name)
 		}
 	}
 	r := Rules{Destinations: h.AcceptSources, MinTrust: h.MinSourceTrust}
@@ -90,6 +125,7 @@ func (v *VerifiedHostPolicy) Policy() HostPolicy {
 	p.AcceptOwners = slices.Clone(p.AcceptOwners)
 	p.AcceptVMs = slices.Clone(p.AcceptVMs)
 	p.AcceptSources = slices.Clone(p.AcceptSources)
+	p.RequireRanges = slices.Clone(p.RequireRanges)
 	return p
 }
 
@@ -109,13 +145,16 @@ type MigrateIn struct {
 	// SourceAttestation is the source's verified attestation, if it
 	// attested.
 	SourceAttestation *Attestation
+	// SourceRuntime is the source's run-time report of the VM, checked
+	// against its attestation (RuntimeFromResult), if it sent one.
+	SourceRuntime *RuntimeReport
 }
 
 // EvaluateMigrateIn decides whether this host accepts a VM. It denies by
 // default: the policy must be this host's, the VM's owner or id accepted,
 // the source host accepted, the VM's own policy must not pin it and must
 // list this host among its destinations in every layer, and the source
-// must have attested if required.
+// must have attested, and measured the VM at run time, if required.
 func EvaluateMigrateIn(in MigrateIn) Decision {
 	const stage = StageAttested
 	if in.Policy == nil || in.VM == nil {
@@ -168,9 +207,46 @@ func EvaluateMigrateIn(in MigrateIn) Decision {
 			allowed = append(allowed, fmt.Sprintf("%s min_source_trust %s", label, want))
 		}
 	}
+	if hp.WantsRuntime() {
+		allowed = checkRuntime(label, *hp, vm.VM(), in.SourceRuntime, fail, allowed)
+	}
 	if len(fails) > 0 {
 		return refuse(stage, fails, nil)
 	}
 	return Decision{Allow: true, Stage: stage, Rule: strings.Join(allowed, ", "),
 		Reason: fmt.Sprintf("accepting vm %s of %s from %s", vm.VM(), vm.ownerPub.Name, in.Source.Name)}
+}
+
+// checkRuntime applies the run-time rules of hp to the source's report of
+// vm, calling fail for each failed rule; it returns allowed with the rules
+// that passed.
+func checkRuntime(label string, hp HostPolicy, vm string, rt *RuntimeReport, fail func(rule, format string, a ...any), allowed []string) []string {
+	if rt == nil || rt.VM != vm {
+		fail(label+" require_source_runtime", "source sent no attested run-time measurement of vm %s", vm)
+		return allowed
+	}
+	var changed []string
+	for _, g := range rt.Regions {
+		if g.Unexpected {
+			changed = append(changed, fmt.Sprintf("%d (%s)", g.ID, g.Mode))
+		}
+	}
+	if len(changed) > 0 {
+		fail(label+" require_source_runtime", "on the source, protected regions %s of vm %s changed unexpectedly", strings.Join(changed, ", "), vm)
+	} else {
+		allowed = append(allowed, fmt.Sprintf("%s require_source_runtime (%d regions, %d ranges, %d violations)",
+			label, len(rt.Regions), len(rt.Ranges), rt.Violations))
+	}
+	for _, want := range hp.RequireRanges {
+		got, ok := rt.Range(want.Name)
+		switch {
+		case !ok:
+			fail(label+" require_ranges", "the source did not measure range %s of vm %s", want.Name, vm)
+		case got.SHA256 != want.SHA256:
+			fail(label+" require_ranges", "range %s of vm %s measures %s on the source, this host requires %s", want.Name, vm, got.SHA256, want.SHA256)
+		default:
+			allowed = append(allowed, label+" require_ranges "+want.Name)
+		}
+	}
+	return allowed
 }

@@ -201,7 +201,7 @@ func (c *cliEnv) migrate(user string, retries int) ([]string, *api.Handshake, er
 	}
 	var steps []string
 	req := api.MigrateRequest{To: c.addr, Request: b, State: c.A, TPM: cliURIA, RemediationRetries: retries, RetryDelayMs: 300}
-	key, hs, err := gateOut(context.Background(), req, func(s string) { steps = append(steps, s) }, slog.New(slog.DiscardHandler))
+	key, hs, err := gateOut(context.Background(), req, func(s string) { steps = append(steps, s) }, nil, slog.New(slog.DiscardHandler))
 	if key != nil {
 		key.Destroy()
 	}

@@ -86,7 +86,7 @@ func migrateOut(ctx context.Context, m *vmm.Machine, req api.MigrateRequest, pro
 		log.Warn("migrating with a pre-shared key: INSECURE test mode, no policy and no attestation")
 		key, err = readKeySecret(req.KeyFile)
 	} else {
-		key, hs, err = gateOut(ctx, req, func(line string) { progress(api.Progress{Step: line}) }, log)
+		key, hs, err = gateOut(ctx, req, func(line string) { progress(api.Progress{Step: line}) }, runtimeReport(m), log)
 	}
 	if err != nil {
 		return api.MigrateResult{}, err
@@ -151,7 +151,10 @@ func readKeySecret(path string) (*memguard.Secret, error) {
 // process in its TPM), authenticates the signed request and runs the
 // handshake with the destination, again after a refusal for outdated
 // measurements if the request allows retries. It returns the released key.
-func gateOut(ctx context.Context, req api.MigrateRequest, step func(string), log *slog.Logger) (*memguard.Secret, *api.Handshake, error) {
+// runtime measures the VM for a destination that asks this host to attest
+// (nil: no run-time report).
+func gateOut(ctx context.Context, req api.MigrateRequest, step func(string),
+	runtime func(context.Context) (*policy.RuntimeReport, error), log *slog.Logger) (*memguard.Secret, *api.Handshake, error) {
 	signed, err := policy.ParseSigned(bytes.NewReader(req.Request))
 	if err != nil {
 		return nil, nil, fmt.Errorf("migrate request: %w", err)
@@ -173,7 +176,7 @@ func gateOut(ctx context.Context, req api.MigrateRequest, step func(string), log
 		return nil, nil, err
 	}
 	defer op.Host.Close()
-	src := &gate.Source{Host: op.Host, Report: step}
+	src := &gate.Source{Host: op.Host, Report: step, Runtime: runtime}
 	a, err := src.Authorize(signed)
 	if err != nil {
 		return nil, nil, err
@@ -250,4 +253,41 @@ func checkStateTPM(cfg tpm.Config) error {
 		return usageError("--tpm sim is a new random TPM in every process and cannot open a host state: give the URI the state was made with (sim?insecure-fixed-seed=N, swtpm+unix://..., device:///dev/tpmrm0)")
 	}
 	return nil
+}
+
+// runtimeReport measures m's protected regions and measured guest ranges
+// now, for a destination that asks this host to attest the VM's run-time
+// state (policy.RuntimeReport; package gate adds the VM, migration and
+// time and measures the report into the TPM).
+func runtimeReport(m *vmm.Machine) func(context.Context) (*policy.RuntimeReport, error) {
+	return func(context.Context) (*policy.RuntimeReport, error) {
+		g := m.Memguard()
+		if _, err := g.MeasureAll("attest"); err != nil {
+			return nil, err
+		}
+		st := g.Status()
+		r := &policy.RuntimeReport{Violations: st.Violations, Regions: []policy.RuntimeRegion{}, Ranges: []policy.RuntimeRange{}}
+		for _, rg := range st.Regions {
+			last := rg.Last
+			if last == nil { // registered after MeasureAll listed the regions
+				ms, err := g.MeasureRegion(rg.ID, "attest")
+				if errors.Is(err, memguard.ErrNoRegion) {
+					continue // and released again
+				}
+				if err != nil {
+					return nil, err
+				}
+				last = &ms
+			}
+			r.Regions = append(r.Regions, policy.RuntimeRegion{ID: rg.ID, Mode: rg.Mode.String(), Owner: rg.Owner,
+				Length: rg.Length, SHA256: hex.EncodeToString(last.Digest[:]), Unexpected: rg.Unexpected > 0})
+		}
+		for _, rs := range st.Ranges {
+			if rs.Last == nil {
+				return nil, fmt.Errorf("range %s was added during the measurement; try again", rs.Name)
+			}
+			r.Ranges = append(r.Ranges, policy.RuntimeRange{Name: rs.Name, GPA: rs.GPA, Size: rs.Size, SHA256: hex.EncodeToString(rs.Last.Digest[:])})
+		}
+		return r, nil
+	}
 }

@@ -32,6 +32,9 @@ type Accepted struct {
 	// SourceAttestation is set when this host required the source to
 	// attest.
 	SourceAttestation *policy.Attestation
+	// SourceRuntime is the source's run-time report of the VM, checked
+	// against its quote, when the source sent one.
+	SourceRuntime *policy.RuntimeReport
 }
 
 // Destination is a host's migrate-in side of the gate.
@@ -198,15 +201,32 @@ func (d *Destination) session(ctx context.Context, raw net.Conn) (acc *Accepted,
 	if m.Type == msgRefuse {
 		return nil, d.remoteRefusal(src, vmp.VM(), *m.Decision)
 	}
-	var srcAtt *policy.Attestation
+	var (
+		srcAtt *policy.Attestation
+		srcRT  *policy.RuntimeReport
+	)
+	if !requireSrc && len(m.SourceRuntime) > 0 {
+		return nil, refuse(vmp.VM(), policy.Deny(policy.StageAttested, "protocol", errors.New("a run-time report without source attestation")))
+	}
 	if requireSrc {
-		_, att, err := verifyPeer(h.Verifier, m.SourceEvidence, migID, []byte{}, binding)
+		res, att, err := verifyPeer(h.Verifier, m.SourceEvidence, migID, []byte{}, binding)
 		if err != nil {
 			return nil, refuse(vmp.VM(), policy.Deny(policy.StageAttested, "source-attestation", err))
 		}
 		srcAtt = att
 		in.SourceAttestation = att
 		d.report("source attested at level %s", att.Trust)
+		if len(m.SourceRuntime) > 0 || hp.Policy().WantsRuntime() {
+			// A report the source sent must check out even where this
+			// host does not require one.
+			rt, err := policy.RuntimeFromResult(res, m.SourceRuntime, vmp.VM(), migID)
+			if err != nil {
+				return nil, refuse(vmp.VM(), policy.Deny(policy.StageAttested, "source-runtime", err))
+			}
+			srcRT, in.SourceRuntime = rt, rt
+			d.report("source measured vm %s at run time: %d regions, %d ranges, %d violations",
+				rt.VM, len(rt.Regions), len(rt.Ranges), rt.Violations)
+		}
 		if dec = policy.EvaluateMigrateIn(in); !dec.Allow {
 			return nil, refuse(vmp.VM(), dec)
 		}
@@ -235,7 +255,7 @@ func (d *Destination) session(ctx context.Context, raw net.Conn) (acc *Accepted,
 		return nil, fmt.Errorf("accept migration: %w", err)
 	}
 	d.report("source %s: migrate-in allowed by rule %s", src.Name, dec.Rule)
-	return &Accepted{Key: key, MigrationID: migID, Source: src, VMPolicy: vmp, Decision: dec, SourceAttestation: srcAtt}, nil
+	return &Accepted{Key: key, MigrationID: migID, Source: src, VMPolicy: vmp, Decision: dec, SourceAttestation: srcAtt, SourceRuntime: srcRT}, nil
 }
 
 // remoteRefusal records the source's refusal on this host and returns it.

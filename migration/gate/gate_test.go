@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/ed25519"
 	"crypto/rand"
+	"crypto/sha256"
 	"crypto/tls"
 	"encoding/hex"
 	"errors"
@@ -764,6 +765,89 @@ func TestSourceAttestation(t *testing.T) {
 				t.Fatalf("refusal %v not the destination's", r)
 			}
 			wantAuditRefusal(t, desk, "min_source_trust", "software-tpm")
+		})
+	}
+}
+
+// TestSourceRuntime: a destination that requires the source's run-time
+// measurement gets a report that the source's quote covers, and decides on
+// its contents; a source without one, or with a changed region or kernel
+// range, is refused and keeps running. Each attempt adds one run-time
+// event to the source's log, and later attempts still verify.
+func TestSourceRuntime(t *testing.T) {
+	dig := func(s string) string { d := sha256.Sum256([]byte(s)); return hex.EncodeToString(d[:]) }
+	text, patched, region := dig("kernel text"), dig("patched text"), dig("region")
+	measure := func(textDigest string, unexpected bool) func(context.Context) (*policy.RuntimeReport, error) {
+		return func(context.Context) (*policy.RuntimeReport, error) {
+			return &policy.RuntimeReport{
+				Violations: 2,
+				Regions:    []policy.RuntimeRegion{{ID: 1, Mode: "integrity", Owner: 0x5000, Length: 4096, SHA256: region, Unexpected: unexpected}},
+				Ranges:     []policy.RuntimeRange{{Name: "text", GPA: 0x1000000, Size: 1 << 20, SHA256: textDigest}},
+			}, nil
+		}
+	}
+	tests := []struct {
+		name    string
+		runtime func(context.Context) (*policy.RuntimeReport, error)
+		ok      bool
+		rule    string // the destination's refusing rule
+	}{
+		{"clean report", measure(text, false), true, ""},
+		{"no run-time measurement", nil, false, "source-runtime"},
+		{"kernel range patched", measure(patched, false), false, "require_ranges"},
+		{"region changed unexpectedly", measure(text, true), false, "require_source_runtime"},
+		{"measurement fails", func(context.Context) (*policy.RuntimeReport, error) { return nil, errors.New("guest memory gone") }, false, ""},
+	}
+	w := newWorld(t,
+		hostSpec{name: "laptop", groups: []string{"tom-devices"}, owner: "tom", tpm: swtpmTPM, exe: exeV2},
+		hostSpec{name: "desktop", groups: []string{"tom-devices"}, owner: "tom", tpm: simTPM, exe: exeV2},
+	)
+	w.installTomPolicy(nil)
+	lap, desk := w.hosts["laptop"], w.hosts["desktop"]
+	w.installHostPolicy(desk, "tom", policy.HostPolicy{Version: 1, AcceptOwners: []policy.KeyID{w.uid("tom")},
+		AcceptSources: []string{"group:tom-devices"}, RequireSourceAttestation: true, RequireSourceRuntime: true,
+		RequireRanges: []policy.RangeDigest{{Name: "text", SHA256: text}}})
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx := context.Background()
+			before := len(lap.host.LaunchLog.Events)
+			s := &Source{Host: lap.host, Runtime: tc.runtime}
+			signed := w.migrate("tom", "tom-vm", lap, desk)
+			ln := listen(t)
+			at := runAttempt(t, ctx, func() (*Outcome, error) { return s.Run(ctx, signed, ln.Addr().String()) },
+				&Destination{Host: desk.host}, ln, ln.Addr().String())
+			if tc.runtime != nil && tc.rule != "" || tc.ok {
+				last := lap.host.LaunchLog.Events[len(lap.host.LaunchLog.Events)-1]
+				if len(lap.host.LaunchLog.Events) != before+1 || last.Type != tpm.EventRuntime {
+					t.Fatalf("source log went from %d to %d events, last %s", before, len(lap.host.LaunchLog.Events), last.Type)
+				}
+			}
+			switch {
+			case tc.ok:
+				if !at.arrived() {
+					t.Fatalf("%v / %v", at.srcErr, at.dstErr)
+				}
+				rt := at.acc.SourceRuntime
+				if rt == nil || rt.VM != "tom-vm" || rt.MigrationID != at.acc.MigrationID || rt.Violations != 2 || len(rt.Ranges) != 1 {
+					t.Fatalf("destination's report %+v", rt)
+				}
+				if !strings.Contains(at.acc.Decision.Rule, "require_ranges text") {
+					t.Fatalf("accepting rule %q", at.acc.Decision.Rule)
+				}
+			case tc.rule != "":
+				r := at.refusedKeepsRunning(t)
+				if !r.Remote {
+					t.Fatalf("refusal %v not the destination's", r)
+				}
+				wantAuditRefusal(t, desk, tc.rule, "")
+			default:
+				if at.srcErr == nil || !strings.Contains(at.srcErr.Error(), "guest memory gone") || at.arrived() {
+					t.Fatalf("source %v, destination %v", at.srcErr, at.dstErr)
+				}
+				if len(lap.host.LaunchLog.Events) != before {
+					t.Fatal("a failed measurement was extended")
+				}
+			}
 		})
 	}
 }

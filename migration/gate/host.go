@@ -69,6 +69,8 @@ type Host struct {
 
 	// saveMu serialises saves of State.
 	saveMu sync.Mutex
+	// logMu serialises extending LaunchLog with the quotes made over it.
+	logMu sync.Mutex
 }
 
 func (h *Host) now() time.Time {

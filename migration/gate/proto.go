@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/ed25519"
 	"crypto/rand"
+	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
@@ -56,6 +57,10 @@ type message struct {
 	SourceEvidence  *tpm.Evidence       `json:"source_evidence,omitempty"`
 	Box             *tpm.EphemeralBox   `json:"box,omitempty"`
 	Decision        *policy.Decision    `json:"decision,omitempty"`
+
+	// SourceRuntime is the source's policy.RuntimeReport: the exact bytes
+	// its last measured event covers.
+	SourceRuntime []byte `json:"source_runtime,omitempty"`
 }
 
 func writeMsg(w io.Writer, m *message) error {
@@ -202,8 +207,10 @@ func deadline(ctx context.Context, c net.Conn, timeout time.Duration) func() {
 
 // verifyPolicy is the tpm.Policy for a peer's evidence: the quote must
 // cover exactly the PCR its measurement log covers, the log must be a
-// closed gvmm launch (executable, config, policy, closing) that replays to
-// the quoted value, and, on a TPM enrolled above software level, the PCR
+// closed gvmm launch (executable, config, policy, closing), followed by
+// nothing but run-time events (one per attestation a source made with a
+// run-time report, 32 bytes each), that replays to the quoted value, and,
+// on a TPM enrolled above software level, the PCR
 // must be one that cannot be reset. What the measurement must be is the
 // policy evaluator's decision (policy.Rules.Measurements), from the
 // verified log; the golden value here is the log's own replay, which
@@ -217,12 +224,15 @@ func verifyPolicy(ev *tpm.Evidence, v *tpm.Verifier) (*tpm.Policy, error) {
 		return nil, err
 	}
 	want := []tpm.EventType{tpm.EventExecutable, tpm.EventConfig, tpm.EventPolicy, tpm.EventClosing}
-	if len(lg.Events) != len(want) {
+	if len(lg.Events) < len(want) {
 		return nil, fmt.Errorf("%w: measurement log has %d events, a closed gvmm launch has %d", tpm.ErrBadLog, len(lg.Events), len(want))
 	}
 	for i, e := range lg.Events {
-		if e.Type != want[i] {
+		switch {
+		case i < len(want) && e.Type != want[i]:
 			return nil, fmt.Errorf("%w: measurement log event %d is %s, want %s", tpm.ErrBadLog, i, e.Type, want[i])
+		case i >= len(want) && (e.Type != tpm.EventRuntime || len(e.Data) != sha256.Size):
+			return nil, fmt.Errorf("%w: measurement log event %d after the closing event is %s, not a run-time measurement", tpm.ErrBadLog, i, e.Type)
 		}
 	}
 	if h, ok := v.Host(ev.HostID); ok && h.Trust > tpm.TrustSoftware && (lg.PCR == 16 || lg.PCR == 23) {

@@ -3,6 +3,7 @@ package gate
 import (
 	"context"
 	"crypto/rand"
+	"crypto/sha256"
 	"crypto/tls"
 	"encoding/hex"
 	"errors"
@@ -88,6 +89,12 @@ type Source struct {
 	Timeout time.Duration
 	// Report receives one line per step, as it happens.
 	Report func(line string)
+	// Runtime, if set, measures the VM's memory for a destination that
+	// asks this host to attest: its regions, ranges and violations (the
+	// gate fills in the version, VM, migration id and time). Its report
+	// is measured into the TPM before the quote. Without it, such a
+	// destination gets no run-time report.
+	Runtime func(ctx context.Context) (*policy.RuntimeReport, error)
 }
 
 func (s *Source) report(format string, a ...any) {
@@ -332,12 +339,9 @@ func (a *Authorized) Handshake(ctx context.Context, addr string) (out *Outcome, 
 		if h.TPM == nil || h.LaunchLog == nil {
 			return nil, fmt.Errorf("handshake: the destination requires this host to attest and it has no TPM open")
 		}
-		sev, err := h.TPM.AttestBound(ctx, &tpm.Challenge{Nonce: sc.Nonce, MigrationID: migID}, h.TPMHostID, nil, binding,
-			[]int{h.LaunchLog.PCR}, h.LaunchLog)
-		if err != nil {
+		if rel.SourceEvidence, rel.SourceRuntime, err = s.attestSelf(ctx, a.pol.VM(), migID, sc.Nonce, binding); err != nil {
 			return nil, fmt.Errorf("handshake: %w", err)
 		}
-		rel.SourceEvidence = sev
 		s.report("attested this host to the destination")
 	}
 	if err := writeMsg(conn, rel); err != nil {
@@ -375,4 +379,36 @@ func (a *Authorized) remoteRefusal(d policy.Decision) error {
 		return errors.Join(rerr, err)
 	}
 	return rerr
+}
+
+// attestSelf quotes this host for the destination's challenge. With
+// s.Runtime it first measures the VM, extends the report's digest into
+// the measured PCR (a tpm.EventRuntime event) and quotes after that, so
+// the quote covers the report; it returns the report's bytes with the
+// evidence.
+func (s *Source) attestSelf(ctx context.Context, vm, migID string, nonce, binding []byte) (*tpm.Evidence, []byte, error) {
+	h := s.Host
+	h.logMu.Lock()
+	defer h.logMu.Unlock()
+	var report []byte
+	if s.Runtime != nil {
+		r, err := s.Runtime(ctx)
+		if err != nil {
+			return nil, nil, fmt.Errorf("run-time measurement: %w", err)
+		}
+		r.Version, r.VM, r.MigrationID, r.Time = policy.RuntimeReportVersion, vm, migID, h.now().UTC()
+		if report, err = policy.MarshalRuntimeReport(r); err != nil {
+			return nil, nil, fmt.Errorf("run-time measurement: %w", err)
+		}
+		if err := h.TPM.ExtendEvent(ctx, h.LaunchLog, tpm.RuntimeEvent(sha256.Sum256(report))); err != nil {
+			return nil, nil, fmt.Errorf("run-time measurement: %w", err)
+		}
+		s.report("measured vm %s at run time: %d regions, %d ranges, %d violations", vm, len(r.Regions), len(r.Ranges), r.Violations)
+	}
+	ev, err := h.TPM.AttestBound(ctx, &tpm.Challenge{Nonce: nonce, MigrationID: migID}, h.TPMHostID, nil, binding,
+		[]int{h.LaunchLog.PCR}, h.LaunchLog)
+	if err != nil {
+		return nil, nil, err
+	}
+	return ev, report, nil
 }
