@@ -176,7 +176,18 @@
 // request (OpMeasure, MeasureRegion, MeasureAll) and periodically (Run).
 // Each goes into the measurement log (bounded, oldest dropped first) with
 // its time and trigger; a region whose digest changed without an owner
-// write through gvmm since the previous measurement is a violation.
+// write through gvmm since the previous measurement is a violation, and
+// counts as an unexpected change of that region for as long as it exists
+// (RegionStatus.Unexpected, kept across Save and Restore).
+//
+// In attestation: when a migration's destination asks the source to
+// attest (its host policy's require_source_attestation), gvmm measures
+// every region and range once more and the source's quote covers a report
+// of the digests, the unexpected changes and the violation count (package
+// policy's RuntimeReport, bound to the migration; package gate measures
+// it into the TPM). The destination's policy can require a report with no
+// unexpected change (require_source_runtime) and pin ranges to digests
+// (require_ranges), such as the guest kernel's code.
 //
 // # The VMM's part
 //

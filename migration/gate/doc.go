@@ -37,12 +37,20 @@
 //     policy.Decision.Final.
 //  6. Release: a fresh random 32-byte key (memguard.Secret) sealed by ECDH
 //     to the quoted ephemeral key (tpm.SealToEphemeral). With it, if the
-//     destination asked, goes the source's own evidence.
+//     destination asked, goes the source's own evidence; with
+//     Source.Runtime set, a run-time report of the VM (policy.RuntimeReport:
+//     its protected regions' and measured ranges' digests, for this
+//     migration) goes with it, its SHA-256 extended into the launch PCR as
+//     a tpm.EventRuntime event before the quote, so the quote covers it.
 //
 // The destination (Destination.Accept) checks its migrate-in policy
 // (policy.EvaluateMigrateIn) when the VM's policy arrives and, if that
 // policy requires it, challenges the source for evidence (same binding),
-// verifies it and decides again before it opens the key. Every decision
+// verifies it and decides again before it opens the key. A run-time
+// report must be the one the quoted log's last event measures, and for
+// this VM and migration (policy.RuntimeFromResult), or the destination
+// refuses; its policy decides on the contents (require_source_runtime,
+// require_ranges). Every decision
 // of both sides is appended to that side's audit log (policy/audit) with
 // its rule and reason; the destination also records a refusal the source
 // sent it.
@@ -57,7 +65,7 @@
 //	D→S refuse   {decision}                              (migrate-in pre-check failed)
 //	  | evidence {evidence (tpm.Evidence), source_challenge? (nonce, migration_id, expires)}
 //	S→D refuse   {decision (with remediation if only measurements failed)}
-//	  | release  {box (tpm.EphemeralBox), source_evidence?}
+//	  | release  {box (tpm.EphemeralBox), source_evidence?, source_runtime?}
 //	D→S refuse   {decision}  | accept {decision}
 //
 // After accept both sides close the TLS connection; the source opens
@@ -140,6 +148,9 @@
 // Migrate-in policy on each destination B (without one B accepts nothing):
 //
 //	hostpol.json: {"host":B_ID,"version":1,"accept_owners":[TOM_ID],"accept_sources":["group:tom-devices"]}
+//	    optional: "require_source_attestation":true, "min_source_trust":LEVEL,
+//	    "require_source_runtime":true (the VM measured on the source, no region changed unexpectedly),
+//	    "require_ranges":[{"name":"kernel-code","sha256":HEX}] (as gvmm measure on the source shows it)
 //	gvmm policy sign -key tom.key -type host -in hostpol.json -out hostpol.signed.json   (B's owner or IT)
 //	gvmm policy request -key tom.key -action set-host-policy -audience B_ID -document hostpol.signed.json -out r.json
 //	gvmm policy --state S_B --tpm T_B set -request r.json -host-policy hostpol.signed.json

@@ -276,11 +276,14 @@ func (c *cloud) installVMPolicy(h *cloudHost, vmName string) {
 }
 
 // installHostPolicy lets host h accept Tom's VMs from Tom's devices,
-// signed by the host's owner.
-func (c *cloud) installHostPolicy(h *cloudHost, signer string) {
+// signed by the host's owner, with the extra rules given.
+func (c *cloud) installHostPolicy(h *cloudHost, signer string, extra map[string]any) {
 	c.t.Helper()
-	pol := writeJSON(c.t, filepath.Join(c.dir, h.name+"-hostpol.json"), map[string]any{
-		"host": c.ids[h.name], "version": 1, "accept_owners": []string{c.ids["Tom"]}, "accept_sources": []string{"group:tom-devices"}})
+	doc := map[string]any{"host": c.ids[h.name], "version": 1, "accept_owners": []string{c.ids["Tom"]}, "accept_sources": []string{"group:tom-devices"}}
+	for k, v := range extra {
+		doc[k] = v
+	}
+	pol := writeJSON(c.t, filepath.Join(c.dir, h.name+"-hostpol.json"), doc)
 	c.must(nil, "policy", "sign", "-key", c.users[signer], "-type", "host", "-in", pol, "-out", pol+".signed")
 	req := c.request(signer, "set-host-policy-"+h.name, "-action", "set-host-policy", "-audience", c.ids[h.name], "-document", pol+".signed")
 	c.must(h, "policy", "--state", h.state, "--tpm", h.tpm, "set", "-request", req, "-host-policy", pol+".signed")
@@ -351,7 +354,10 @@ func waitListeningIn(t *testing.T, addr string, v *vm) {
 // gvmm, is refused and told what to update, updates, attests again and
 // receives the VM. After every refusal the VM runs on where it was; after
 // every migration its RAM and its background work carried on; each
-// decision is in the audit logs.
+// decision is in the audit logs. The desktop also requires the laptop to
+// attest itself and the VM's kernel code, measured at run time, with the
+// digest Tom took when it booted (issue 7's runtime measurement in the
+// evidence).
 func TestPersonalCloud(t *testing.T) {
 	env := requireKVM(t, true)
 	if os.Geteuid() != 0 {
@@ -360,9 +366,8 @@ func TestPersonalCloud(t *testing.T) {
 	c := newCloud(t, env, "office", "laptop", "desktop", "office", "bobpc")
 	laptop, desktop, office, bobpc := c.hosts["laptop"], c.hosts["desktop"], c.hosts["office"], c.hosts["bobpc"]
 	c.installVMPolicy(laptop, "tom-vm")
-	c.installHostPolicy(desktop, "Tom")
-	c.installHostPolicy(office, "IT")
-	story(t, "desktop (Tom) and office (IT) accept Tom's VMs from Tom's devices; bobpc has no migrate-in policy for them")
+	c.installHostPolicy(office, "IT", nil)
+	story(t, "office (IT) accepts Tom's VMs from Tom's devices; bobpc has no migrate-in policy for them")
 
 	dir := c.dir
 	story(t, "Tom's VM boots on his laptop")
@@ -373,14 +378,34 @@ func TestPersonalCloud(t *testing.T) {
 	_, off = src.waitFor(regexp.MustCompile(`guest# `), off, commandTimeout)
 	sum, off := src.ask(off, "dd if=/dev/urandom of=/tmp/blob bs=1M count=4 2>/dev/null; md5sum /tmp/blob | cut -d' ' -f1")
 	src.send("(i=0; while true; do i=$((i+1)); echo $i > /tmp/counter.new; mv /tmp/counter.new /tmp/counter; done) &\n")
-	_ = off
+
+	// Tom measures his VM's kernel code on the laptop, and the desktop
+	// accepts it only from an attested laptop that measures the same.
+	kcode, _ := src.ask(off, "grep 'Kernel code' /proc/iomem | tr -d ' ' | cut -d: -f1")
+	var kstart, kend uint64
+	if n, err := fmt.Sscanf(kcode, "%x-%x", &kstart, &kend); n != 2 || err != nil || kend <= kstart {
+		t.Fatalf("kernel code range from /proc/iomem: %q", kcode)
+	}
+	mout := c.must(laptop, "measure", "--api-socket", filepath.Join(dir, "laptop.sock"), "--range", fmt.Sprintf("kernel-code=%#x+%#x", kstart, kend-kstart+1))
+	km := regexp.MustCompile(`memguard range name=kernel-code gpa=0x[0-9a-f]+ size=\d+ digest=([0-9a-f]{64})`).FindStringSubmatch(mout)
+	if km == nil {
+		t.Fatalf("gvmm measure printed no kernel-code digest:\n%s", mout)
+	}
+	c.installHostPolicy(desktop, "Tom", map[string]any{"require_source_attestation": true, "require_source_runtime": true,
+		"require_ranges": []map[string]string{{"name": "kernel-code", "sha256": km[1]}}})
+	story(t, "Tom measured his VM's kernel code (%s…); desktop (Tom) accepts Tom's VMs from Tom's devices that attest themselves and that digest", km[1][:12])
 
 	// 1. Tom: laptop -> desktop, allowed.
 	story(t, "Tom asks to move his VM from laptop to desktop")
 	dst, daddr := c.receive(desktop, filepath.Join(dir, "desktop.sock"))
 	req := c.request("Tom", "tom-laptop-desktop", "-action", "migrate", "-audience", c.ids["laptop"], "-vm", "tom-vm", "-destination", c.ids["desktop"])
 	out, code := c.migrate(laptop, filepath.Join(dir, "laptop.sock"), daddr, req)
-	doff := handedOver(t, out, code, src, dst, "requester authenticated: Tom", "destination attested: desktop", "software-tpm", "key released", "handshake")
+	doff := handedOver(t, out, code, src, dst, "requester authenticated: Tom", "destination attested: desktop", "software-tpm", "key released", "handshake",
+		"measured vm tom-vm at run time: 0 regions, 1 ranges")
+	if e := dst.errors(); !strings.Contains(e, "source measured vm tom-vm at run time: 0 regions, 1 ranges") ||
+		!strings.Contains(e, "require_ranges kernel-code") {
+		t.Errorf("the desktop did not decide on the laptop's run-time measurement:\n%s", e)
+	}
 	doff = checkRAMAndCounter(t, dst, doff, sum)
 	story(t, "the VM runs on the desktop: its RAM and its background loop carried on")
 

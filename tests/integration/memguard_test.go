@@ -41,9 +41,10 @@ var violationLine = regexp.MustCompile(`msg="memguard: violation" region=(\d+) m
 // and unregisters. A second owner holds a secret while the machine is
 // snapshotted and restored from the file in a new gvmm: the region is back
 // in its status, another process still sees no secret, the owner still
-// reads it, and when the owner is killed
-// without unregistering its region is released; the guest carries on to
-// power off. Hostile registrations, before the snapshot, are refused with
+// reads it; a live migration to another gvmm carries the region with
+// its content and measurement, still protected, and the owner still
+// works; when the owner is killed without unregistering its region is
+// released; the guest carries on to power off. Hostile registrations, before the snapshot, are refused with
 // their error codes.
 func TestMemguard(t *testing.T) {
 	env := requireKVM(t, true)
@@ -224,6 +225,33 @@ func TestMemguard(t *testing.T) {
 		t.Fatalf("roundtrip after restore: %s", out)
 	}
 	t.Logf("guest after restore: %s", out)
+	// A live migration to a gvmm receive on the same host: the region
+	// arrives with its owner binding, content and measurement (the
+	// destination refuses to resume on a mismatch), still protected.
+	regionDigest := regexp.MustCompile(`memguard region id=` + region + ` mode=confidential .* va=` + addr + ` .* digest=([0-9a-f]{64})`)
+	out, code = gvmmCmd(t, env.bin, commandTimeout, "measure", "--api-socket", sock2)
+	measured := regionDigest.FindStringSubmatch(out)
+	if code != 0 || measured == nil {
+		t.Fatalf("gvmm measure exited %d, without the region's digest:\n%s", code, out)
+	}
+	key, maddr, sock3 := migrationKey(t), freePort(t), filepath.Join(dir, "api3.sock")
+	dst := startGvmm(t, env.bin, "receive", "--listen", maddr, "--insecure-key", key, "--api-socket", sock3)
+	waitListening(t, maddr, dst)
+	out, code = gvmmCmd(t, env.bin, 5*time.Minute, "migrate", "--api-socket", sock2, "--to", maddr, "--insecure-key", key)
+	off = handedOver(t, out, code, v, dst, "downtime")
+	v, sock2 = dst, sock3
+	out, code = gvmmCmd(t, env.bin, commandTimeout, "status", "--api-socket", sock2)
+	arrived := regionDigest.FindStringSubmatch(out)
+	if code != 0 || arrived == nil || arrived[1] != measured[1] || !kernelRange.MatchString(out) {
+		t.Fatalf("gvmm status on the destination exited %d; want region %s with digest %s and the kernel-code range:\n%s", code, region, measured[1][:16], out)
+	}
+	out, off = v.ask(off, "memguard-guest peek -pid "+pid+" -addr "+addr+" -len 4096 -secret "+secret2+" 2>&1 | tr '\\n' ' '")
+	if !strings.Contains(out, "memguard peek: no secret") {
+		t.Fatalf("peek after the migration: %s", out)
+	}
+	v.send("kill -USR1 " + pid + "\n")
+	_, off = guestOutput(t, v, off, "grep -c 'owner ok' /tmp/hold2.out", regexp.MustCompile(`^2$`))
+	t.Logf("after the live migration: region %s digest %s…, no secret for others, owner ok", region, arrived[1][:16])
 	// The owner dies without unregistering: gvmm finds it gone (at the
 	// kernel's next access to its page, or at the periodic check) and
 	// releases its region; the guest carries on, and fresh memory the
