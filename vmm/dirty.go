@@ -83,7 +83,7 @@ func (m *Machine) setDirtyLogging(on bool) error {
 // reports, as QEMU does. Without it, KVM write-protects (and splits) the
 // whole slot when logging starts, and every KVM_GET_DIRTY_LOG walks it.
 func (m *Machine) StartDirtyLog() error {
-	if !m.manualDirty {
+	if !m.manualDirty && !m.noManualDirty {
 		on, err := m.enableManualDirty()
 		if err != nil {
 			return fmt.Errorf("start dirty log: %w", err)

@@ -137,7 +137,9 @@ type Machine struct {
 
 	// manualDirty says KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2 is on (set by
 	// StartDirtyLog, which migration calls from one goroutine).
-	manualDirty bool
+	// noManualDirty keeps it off: tests set it to run the path of kernels
+	// without the capability.
+	manualDirty, noManualDirty bool
 
 	// desc is the machine's shape and devices; guestCPUID is vCPU 0's
 	// CPUID and tscKHz its TSC rate, for migration's compatibility check.

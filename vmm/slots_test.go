@@ -63,6 +63,21 @@ func TestMergeDirty(t *testing.T) {
 // through MMIO exits completed on the backing page.
 func TestSplitSlotsDirtyLog(t *testing.T) {
 	requireKVM(t)
+	for _, tc := range []struct {
+		name   string
+		manual bool
+	}{
+		{"manual protection", true},
+		{"protection by KVM", false},
+	} {
+		t.Run(tc.name, func(t *testing.T) { testSplitSlotsDirtyLog(t, tc.manual) })
+	}
+}
+
+// testSplitSlotsDirtyLog runs TestSplitSlotsDirtyLog with manual dirty-log
+// protection (where the kernel has it) or without, as on kernels that
+// lack KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2.
+func testSplitSlotsDirtyLog(t *testing.T, manual bool) {
 	kernel := filepath.Join(t.TempDir(), "bzImage")
 	if err := os.WriteFile(kernel, vmmtest.BzImage(counterCode, 1<<20), 0o644); err != nil {
 		t.Fatal(err)
@@ -72,6 +87,7 @@ func TestSplitSlotsDirtyLog(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer m.Close()
+	m.noManualDirty = !manual
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	ran := make(chan error, 1)
@@ -97,6 +113,12 @@ func TestSplitSlotsDirtyLog(t *testing.T) {
 	waitCounter(t, m, a, counter(t, m, a))
 	if err := m.StartDirtyLog(); err != nil {
 		t.Fatal(err)
+	}
+	if m.manualDirty != manual {
+		if manual {
+			t.Skip("this kernel lacks KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2 with INITIALLY_SET")
+		}
+		t.Fatal("manual dirty-log protection is on although the machine was told to keep it off")
 	}
 	if _, err := m.TakeDirty(); err != nil {
 		t.Fatal(err)

@@ -38,14 +38,16 @@ var violationLine = regexp.MustCompile(`msg="memguard: violation" region=(\d+) m
 // and process_vm_readv sees no secret; gvmm counts and logs those reads
 // as violations at the region's guest-physical page, and `gvmm status`
 // shows the region and its violations; the owner still reads its secret
-// and unregisters. A second owner holds a secret while the machine is
-// snapshotted and restored from the file in a new gvmm: the region is back
-// in its status, another process still sees no secret, the owner still
-// reads it; a live migration to another gvmm carries the region with
-// its content and measurement, still protected, and the owner still
-// works; when the owner is killed without unregistering its region is
-// released; the guest carries on to power off. Hostile registrations, before the snapshot, are refused with
-// their error codes.
+// and unregisters. The kernel's write into an integrity region through
+// /proc/PID/mem is dropped and counted. A second owner holds a secret
+// while the machine is snapshotted and restored from the file in a new
+// gvmm: the region is back in its status, another process still sees no
+// secret, the owner still reads it; a live migration to another gvmm
+// carries the region with its content and measurement, still protected,
+// and the owner still works; when the owner is killed without
+// unregistering its region is released; the guest carries on to power
+// off. Hostile registrations, before the snapshot, are refused with their
+// error codes.
 func TestMemguard(t *testing.T) {
 	env := requireKVM(t, true)
 	dir := t.TempDir()
@@ -112,6 +114,36 @@ func TestMemguard(t *testing.T) {
 	m, off = guestOutput(t, v, off, "cat /tmp/hold.out | tr '\\n' ' '", regexp.MustCompile(`memguard hold: ok|FAIL.*`))
 	if m[0] != "memguard hold: ok" {
 		t.Fatalf("owner at exit: %s", m[0])
+	}
+
+	// The kernel writes into an integrity region through /proc/PID/mem:
+	// the write is dropped and counted, and the owner finds its content
+	// unchanged.
+	const original = "gvmm-memguard-integrity-1966"
+	v.send("memguard-guest hold -mode integrity -secret " + original + " >/tmp/hold3.out 2>&1 &\n")
+	m, off = guestOutput(t, v, off, "cat /tmp/hold3.out | tr '\\n' ' '",
+		regexp.MustCompile(`held (\d+) (0x[0-9a-f]+) (\d+) (\d+) (0x[0-9a-f]+)|FAIL.*`))
+	if m[1] == "" {
+		t.Fatalf("integrity hold: %s", m[0])
+	}
+	ipid, iaddr, iregion := m[1], m[2], m[4]
+	out, off = v.ask(off, "memguard-guest poke -pid "+ipid+" -addr "+iaddr+" -data overwritten-by-the-kernel 2>&1 | tr '\\n' ' '")
+	if !strings.Contains(out, "memguard poke: wrote") {
+		t.Fatalf("poke: %s", out)
+	}
+	t.Logf("guest: %s", out)
+	out, code = gvmmCmd(t, env.bin, commandTimeout, "status", "--api-socket", sock)
+	if !regexp.MustCompile(`memguard region id=`+iregion+` mode=integrity .* violations=[1-9]`).MatchString(out) || code != 0 {
+		t.Fatalf("gvmm status exited %d, without the kernel's write to integrity region %s counted:\n%s", code, iregion, out)
+	}
+	v.send("kill -USR1 " + ipid + "\n")
+	m, off = guestOutput(t, v, off, "cat /tmp/hold3.out | tr '\\n' ' '", regexp.MustCompile(`owner ok|FAIL.*`))
+	if m[0] != "owner ok" {
+		t.Fatalf("integrity region after the kernel's write: %s", m[0])
+	}
+	v.send("kill -TERM " + ipid + "\n")
+	if m, off = guestOutput(t, v, off, "cat /tmp/hold3.out | tr '\\n' ' '", regexp.MustCompile(`memguard hold: ok|FAIL.*`)); m[0] != "memguard hold: ok" {
+		t.Fatalf("integrity owner at exit: %s", m[0])
 	}
 
 	// The bench runs before the hostile registrations: run after them
