@@ -353,6 +353,22 @@ func (b *boot) guestCounters(ctx context.Context, g *guest) {
 	}
 }
 
+// guestPackets reads the guest NIC's tx and rx packet counters (nil if it
+// cannot: that is no failure of the benchmark).
+func (b *boot) guestPackets(ctx context.Context, g *guest) []uint64 {
+	out, err := g.shell(ctx, "echo iob-pkts $(cat /sys/class/net/eth0/statistics/tx_packets /sys/class/net/eth0/statistics/rx_packets)", b.c.opTimeout)
+	if err != nil {
+		return nil
+	}
+	for _, l := range out {
+		var tx, rx uint64
+		if n, _ := fmt.Sscanf(strings.TrimSpace(l), "iob-pkts %d %d", &tx, &rx); n == 2 {
+			return []uint64{tx, rx}
+		}
+	}
+	return nil
+}
+
 // netTx has the guest send netMiB MiB to ln and times it at the receiver.
 func (b *boot) netTx(ctx context.Context, g *guest, ln *net.TCPListener) (benchfmt.IOResult, string) {
 	type recv struct {
@@ -374,9 +390,10 @@ func (b *boot) netTx(ctx context.Context, g *guest, ln *net.TCPListener) (benchf
 		n, err := io.Copy(io.Discard, c)
 		got <- recv{n, time.Since(start), err}
 	}()
-	probe := startCPUProbe(g.cmd.Process.Pid)
+	pkts := b.guestPackets(ctx, g)
+	probe, kprobe := startCPUProbe(g.cmd.Process.Pid), startKVMProbe(g.cmd.Process.Pid)
 	out, err := g.shell(ctx, fmt.Sprintf("agent tcpsend %s:%d %d", hostIP, recvPort, b.c.netMiB), b.c.opTimeout)
-	cpu := probe.report()
+	cpu, kvm := probe.report(), kprobe.report(b.c.netMiB)
 	if err != nil {
 		ln.SetDeadline(time.Now()) // ends a pending accept
 		<-got
@@ -396,6 +413,11 @@ func (b *boot) netTx(ctx context.Context, g *guest, ln *net.TCPListener) (benchf
 		b.say("net-tx: the guest's own time to send and see the close: %v", sent.Elapsed.Round(time.Millisecond))
 	}
 	b.say("net-tx: %s", cpu)
+	b.say("net-tx: %s", kvm)
+	if after := b.guestPackets(ctx, g); pkts != nil && after != nil {
+		b.say("net-tx: guest per MiB: tx_packets=%.0f rx_packets=%.0f", float64(after[0]-pkts[0])/float64(b.c.netMiB),
+			float64(after[1]-pkts[1])/float64(b.c.netMiB))
+	}
 	return benchfmt.IOResult{Test: benchfmt.TestNetTx, OK: true, Bytes: rv.n, Elapsed: rv.d}, ""
 }
 
