@@ -39,7 +39,9 @@ func (r Range) contains(gpa, n uint64) bool {
 // Defaults of Config's limits.
 const (
 	DefaultMaxRegions = 64
-	DefaultMaxPages   = 64 << 20 / pageSize // 64 MiB
+	// MaxRegionsLimit is the largest MaxRegions a VMM may configure.
+	MaxRegionsLimit = 1024
+	DefaultMaxPages = 64 << 20 / pageSize // 64 MiB
 	// DefaultMaxSlots leaves headroom under KVM's usual 509 user slots for
 	// the slots the VMM has outside RAM.
 	DefaultMaxSlots = 480
@@ -160,6 +162,9 @@ func New(cfg Config) (*Guard, error) {
 	}
 	if cfg.MaxRegions <= 0 {
 		cfg.MaxRegions = DefaultMaxRegions
+	}
+	if cfg.MaxRegions > MaxRegionsLimit {
+		return nil, fmt.Errorf("memguard: new: %d regions exceed the limit of %d", cfg.MaxRegions, MaxRegionsLimit)
 	}
 	if cfg.MaxPages <= 0 {
 		cfg.MaxPages = DefaultMaxPages

@@ -288,3 +288,26 @@ func TestRegisterPageSizes(t *testing.T) {
 		})
 	}
 }
+
+// TestNewLimits: a VMM cannot configure more regions than
+// MaxRegionsLimit; zero means the default.
+func TestNewLimits(t *testing.T) {
+	m := newFakeMem(memSize)
+	for _, tc := range []struct {
+		max, want int
+		ok        bool
+	}{
+		{0, DefaultMaxRegions, true},
+		{8, 8, true},
+		{MaxRegionsLimit, MaxRegionsLimit, true},
+		{MaxRegionsLimit + 1, 0, false},
+	} {
+		g, err := New(Config{Memory: m, RAM: []Range{{0, memSize}}, Logger: quiet(), MaxRegions: tc.max})
+		if (err == nil) != tc.ok {
+			t.Fatalf("MaxRegions %d: err %v, want ok %v", tc.max, err, tc.ok)
+		}
+		if err == nil && g.cfg.MaxRegions != tc.want {
+			t.Errorf("MaxRegions %d: configured %d, want %d", tc.max, g.cfg.MaxRegions, tc.want)
+		}
+	}
+}

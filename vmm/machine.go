@@ -48,6 +48,10 @@ type Config struct {
 	// MemguardInjectFaults turns a refused access to protected memory
 	// into a #GP(0) in the guest (memguard.Config.InjectFaults).
 	MemguardInjectFaults bool
+	// MemguardMaxRegions bounds the protected regions the guest may hold
+	// at once (memguard.Config.MaxRegions); 0 means
+	// memguard.DefaultMaxRegions.
+	MemguardMaxRegions int
 	// Log receives diagnostics; nil discards them.
 	Log *slog.Logger
 }
@@ -200,6 +204,9 @@ func (c *Config) Validate() error {
 	if c.CPUs < 1 || c.CPUs > MaxCPUs {
 		return fmt.Errorf("cpus %d is outside 1..%d", c.CPUs, MaxCPUs)
 	}
+	if c.MemguardMaxRegions < 0 || c.MemguardMaxRegions > memguard.MaxRegionsLimit {
+		return fmt.Errorf("memguard max regions %d is outside 1..%d", c.MemguardMaxRegions, memguard.MaxRegionsLimit)
+	}
 	return nil
 }
 
@@ -279,7 +286,7 @@ func New(cfg Config) (_ *Machine, err error) {
 	if err := m.initSlots(); err != nil {
 		return nil, err
 	}
-	if err := m.newGuard(cfg.MemguardInjectFaults); err != nil {
+	if err := m.newGuard(cfg.MemguardInjectFaults, cfg.MemguardMaxRegions); err != nil {
 		return nil, err
 	}
 	if boot != nil {

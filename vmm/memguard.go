@@ -19,7 +19,7 @@ const slotHeadroom = 8
 // newGuard makes the machine's protected-memory registry over its RAM.
 // The first MiB (boot GDT and page tables, zero page, command line, ACPI
 // tables, the reset stub) is reserved: no region may map it.
-func (m *Machine) newGuard(injectFaults bool) error {
+func (m *Machine) newGuard(injectFaults bool, maxRegions int) error {
 	ro, err := m.vm.CheckExtension(kvm.CapReadonlyMem)
 	if err != nil {
 		return err
@@ -40,6 +40,7 @@ func (m *Machine) newGuard(injectFaults bool) error {
 		Memory:       m.mem,
 		Reserved:     []memguard.Range{{GPA: 0, Size: highMemStart}},
 		MaxSlots:     maxSlots,
+		MaxRegions:   maxRegions,
 		InjectFaults: injectFaults,
 		Logger:       m.log,
 		// Pages are locked in applyLayout, with every vCPU out of the

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/gvmm/gvmm/kvm"
+	"github.com/gvmm/gvmm/memguard"
 	"github.com/gvmm/gvmm/vmm"
 	"golang.org/x/sys/unix"
 )
@@ -61,6 +62,7 @@ func runCmd(ctx context.Context, e *env, args []string) error {
 	channel := fs.String("channel", "", "host-guest channel: a unix socket at `path` relayed to the guest's /dev/hvc0")
 	apiSocket := fs.String("api-socket", "", "serve the control API (status, pause, resume, snapshot, migrate) on a unix socket at `path`")
 	restore := fs.String("restore", "", "start from a snapshot `file` (gvmm snapshot) instead of booting; --disk, --net, --channel replace the saved machine's devices of that kind")
+	memguardMax := fs.Int("memguard-max-regions", memguard.DefaultMaxRegions, "the most protected memory regions (memguard) the guest may hold at once; more are refused with ENOSPC")
 	memguardFaults := fs.Bool("memguard-faults", false, "turn a refused access to protected guest memory (memguard) into a #GP in the guest instead of reading zeros or dropping the write")
 	stats := fs.Bool("stats", false, "print gvmm's run time and memory use (peak RSS, guest RAM touched, overhead) on stderr at exit")
 	if err := parseFlags(fs, args); err != nil {
@@ -101,6 +103,10 @@ func runCmd(ctx context.Context, e *env, args []string) error {
 		Log:         e.log,
 
 		MemguardInjectFaults: *memguardFaults,
+		MemguardMaxRegions:   *memguardMax,
+	}
+	if *memguardMax < 1 {
+		return usageError("--memguard-max-regions %d: want at least 1", *memguardMax)
 	}
 	if *restore != "" {
 		cfg.Incoming = true

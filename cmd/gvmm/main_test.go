@@ -108,6 +108,8 @@ func TestRunBadInput(t *testing.T) {
 		{"memory more than host", []string{"run", "--kernel", good, "--memory", "64T"}, "more than this host has"},
 		{"cpus zero", []string{"run", "--kernel", good, "--cpus", "0"}, "cpus 0"},
 		{"cpus too many", []string{"run", "--kernel", good, "--cpus", "100000"}, "cpus 100000"},
+		{"memguard max regions zero", []string{"run", "--kernel", good, "--memguard-max-regions", "0"}, "--memguard-max-regions 0"},
+		{"memguard max regions too many", []string{"run", "--kernel", good, "--memguard-max-regions", "5000"}, "memguard max regions 5000 is outside 1..1024"},
 		{"unknown flag", []string{"run", "--kernel", good, "--frobnicate"}, "frobnicate"},
 		{"stray argument", []string{"run", "--kernel", good, "extra"}, "unexpected argument"},
 		{"bad on-reboot", []string{"run", "--kernel", good, "--on-reboot", "dance"}, "on-reboot"},

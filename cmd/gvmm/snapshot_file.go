@@ -129,7 +129,7 @@ func incomingConfig(infoBytes []byte, o deviceOverrides, base vmm.Config) (vmm.C
 		return vmm.Config{}, info, err
 	}
 	cfg.Console, cfg.KVMPath, cfg.Log = base.Console, base.KVMPath, base.Log
-	cfg.MemguardInjectFaults = base.MemguardInjectFaults
+	cfg.MemguardInjectFaults, cfg.MemguardMaxRegions = base.MemguardInjectFaults, base.MemguardMaxRegions
 	if err := cfg.Validate(); err != nil {
 		return vmm.Config{}, info, err
 	}
