@@ -52,6 +52,22 @@ func slotCovers(m *Machine, gpa uint64) bool {
 	return false
 }
 
+// registerGuardPage has owner protect its page at guardVA (confidential)
+// through the guard's port interface and applies the new slot layout; it
+// returns the region id.
+func registerGuardPage(t *testing.T, m *Machine, owner memguard.VCPUContext) uint64 {
+	t.Helper()
+	res := m.Memguard().HandleIO(owner, memguard.Regs{RAX: memguard.OpRegister, RBX: guardVA, RCX: pageSize,
+		RSI: uint64(memguard.Confidential), RDX: memguard.Port})
+	if int64(res.Regs.RAX) != 0 || !res.LayoutChanged {
+		t.Fatalf("register: RAX %d, layout changed %v", int64(res.Regs.RAX), res.LayoutChanged)
+	}
+	if err := m.applyLayout(nil); err != nil {
+		t.Fatal(err)
+	}
+	return res.Regs.RBX
+}
+
 // TestMemguardSaveRestore registers a confidential region through the
 // guard's port interface on a running machine, checks its page leaves the
 // slots while the guest keeps running and that devices cannot reach it,
@@ -61,15 +77,7 @@ func slotCovers(m *Machine, gpa uint64) bool {
 // refuses the state.
 func TestMemguardSaveRestore(t *testing.T) {
 	requireKVM(t)
-	kernel := filepath.Join(t.TempDir(), "bzImage")
-	if err := os.WriteFile(kernel, vmmtest.BzImage(counterCode, 1<<20), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	src, err := New(Config{KernelPath: kernel, MemoryBytes: MinMemory, CPUs: 2})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer src.Close()
+	src := newCodeMachine(t, counterCode, 2)
 	owner := writeOwnerTables(t, src.Memory())
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -78,14 +86,7 @@ func TestMemguardSaveRestore(t *testing.T) {
 	const a = 0x30000
 	waitCounter(t, src, a, 0)
 
-	res := src.Memguard().HandleIO(owner, memguard.Regs{RAX: memguard.OpRegister, RBX: guardVA, RCX: pageSize,
-		RSI: uint64(memguard.Confidential), RDX: memguard.Port})
-	if int64(res.Regs.RAX) != 0 || !res.LayoutChanged {
-		t.Fatalf("register: RAX %d, layout changed %v", int64(res.Regs.RAX), res.LayoutChanged)
-	}
-	if err := src.applyLayout(nil); err != nil {
-		t.Fatal(err)
-	}
+	registerGuardPage(t, src, owner)
 	if slotCovers(src, guardGPA) || !slotCovers(src, guardGPA-pageSize) || !slotCovers(src, guardGPA+pageSize) {
 		t.Fatalf("slots %+v: want all RAM but the protected page", src.slots)
 	}
@@ -197,15 +198,7 @@ func TestMemguardSaveRestore(t *testing.T) {
 // measurement mismatch, so it never resumes.
 func TestMemguardMigrateInProcess(t *testing.T) {
 	requireKVM(t)
-	kernel := filepath.Join(t.TempDir(), "bzImage")
-	if err := os.WriteFile(kernel, vmmtest.BzImage(counterCode, 1<<20), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	src, err := New(Config{KernelPath: kernel, MemoryBytes: MinMemory, CPUs: 2})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer src.Close()
+	src := newCodeMachine(t, counterCode, 2)
 	owner := writeOwnerTables(t, src.Memory())
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -213,15 +206,7 @@ func TestMemguardMigrateInProcess(t *testing.T) {
 	go func() { _, err := src.Run(ctx); srcRan <- err }()
 	const a = 0x30000
 	waitCounter(t, src, a, 0)
-	res := src.Memguard().HandleIO(owner, memguard.Regs{RAX: memguard.OpRegister, RBX: guardVA, RCX: pageSize,
-		RSI: uint64(memguard.Confidential), RDX: memguard.Port})
-	if int64(res.Regs.RAX) != 0 || !res.LayoutChanged {
-		t.Fatalf("register: RAX %d, layout changed %v", int64(res.Regs.RAX), res.LayoutChanged)
-	}
-	id := res.Regs.RBX
-	if err := src.applyLayout(nil); err != nil {
-		t.Fatal(err)
-	}
+	id := registerGuardPage(t, src, owner)
 
 	if err := src.StartDirtyLog(); err != nil {
 		t.Fatal(err)

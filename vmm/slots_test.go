@@ -2,13 +2,10 @@ package vmm
 
 import (
 	"context"
-	"os"
-	"path/filepath"
 	"slices"
 	"testing"
 
 	"github.com/gvmm/gvmm/memguard"
-	"github.com/gvmm/gvmm/vmm/vmmtest"
 )
 
 // TestMergeDirty checks that a slot's dirty log lands at the slot's place
@@ -78,15 +75,7 @@ func TestSplitSlotsDirtyLog(t *testing.T) {
 // protection (where the kernel has it) or without, as on kernels that
 // lack KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2.
 func testSplitSlotsDirtyLog(t *testing.T, manual bool) {
-	kernel := filepath.Join(t.TempDir(), "bzImage")
-	if err := os.WriteFile(kernel, vmmtest.BzImage(counterCode, 1<<20), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	m, err := New(Config{KernelPath: kernel, MemoryBytes: MinMemory, CPUs: 2})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer m.Close()
+	m := newCodeMachine(t, counterCode, 2)
 	m.noManualDirty = !manual
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
