@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -32,8 +33,32 @@ func startKVMProbe(pid int) *kvmProbe {
 		_ = mountDebugfs()
 	}
 	p := &kvmProbe{pid: pid}
-	p.before, p.err = readKVMStats(debugfsKVM, pid)
+	p.before, p.err = readKVMStats(debugfsKVM, vmDirs(debugfsKVM, pid))
 	return p
+}
+
+// vmDirs lists the debugfs directories of the VMs process pid holds. KVM
+// names each "TID-FD" after the thread that created the VM (for QEMU the
+// main thread, for gvmm whichever runtime thread it ran on), so the
+// process's threads are matched, and FD must be a KVM VM in its table.
+func vmDirs(dir string, pid int) []string {
+	ids := []string{strconv.Itoa(pid)}
+	if ents, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid)); err == nil {
+		for _, e := range ents {
+			ids = append(ids, e.Name())
+		}
+	}
+	var out []string
+	for _, id := range ids {
+		vms, _ := filepath.Glob(filepath.Join(dir, id+"-*"))
+		for _, vm := range vms {
+			_, fd, _ := strings.Cut(filepath.Base(vm), "-")
+			if l, err := os.Readlink(fmt.Sprintf("/proc/%d/fd/%s", pid, fd)); err == nil && l == "anon_inode:kvm-vm" && !slices.Contains(out, vm) {
+				out = append(out, vm)
+			}
+		}
+	}
+	return out
 }
 
 // report gives the counters' growth since the start, with per-MiB rates
@@ -42,7 +67,7 @@ func (p *kvmProbe) report(mib int) string {
 	if p.err != nil {
 		return fmt.Sprintf("kvm: %v", p.err)
 	}
-	after, err := readKVMStats(debugfsKVM, p.pid)
+	after, err := readKVMStats(debugfsKVM, vmDirs(debugfsKVM, p.pid))
 	if err != nil {
 		return fmt.Sprintf("kvm: %v", err)
 	}
@@ -67,11 +92,10 @@ func formatKVMDelta(before, after map[string]uint64, mib int) string {
 	return b.String()
 }
 
-// readKVMStats sums kvmStats over every VM directory of pid under dir.
-func readKVMStats(dir string, pid int) (map[string]uint64, error) {
-	vms, err := filepath.Glob(filepath.Join(dir, strconv.Itoa(pid)+"-*"))
-	if err != nil || len(vms) == 0 {
-		return nil, fmt.Errorf("no KVM statistics for process %d under %s", pid, dir)
+// readKVMStats sums kvmStats over the VM directories vms.
+func readKVMStats(dir string, vms []string) (map[string]uint64, error) {
+	if len(vms) == 0 {
+		return nil, fmt.Errorf("no KVM statistics under %s for the VMM's VMs", dir)
 	}
 	out := make(map[string]uint64)
 	for _, vm := range vms {

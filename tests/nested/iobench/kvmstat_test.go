@@ -1,13 +1,14 @@
 package main
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 )
 
-// TestKVMStats: the counters of every VM a process holds are summed, a
+// TestKVMStats: the counters of the VMs given are summed, a
 // counter the kernel lacks is left out, and growth is printed per MiB.
 func TestKVMStats(t *testing.T) {
 	dir := t.TempDir()
@@ -23,8 +24,8 @@ func TestKVMStats(t *testing.T) {
 	write("42-11", "exits", "100")
 	write("42-12", "exits", "50")
 	write("42-11", "irq_injections", "7")
-	write("43-11", "exits", "999") // another process
-	before, err := readKVMStats(dir, 42)
+	vms := []string{filepath.Join(dir, "42-11"), filepath.Join(dir, "42-12")}
+	before, err := readKVMStats(dir, vms)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -33,7 +34,7 @@ func TestKVMStats(t *testing.T) {
 	}
 	write("42-11", "exits", "1100")
 	write("42-11", "irq_injections", "207")
-	after, err := readKVMStats(dir, 42)
+	after, err := readKVMStats(dir, vms)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -46,11 +47,31 @@ func TestKVMStats(t *testing.T) {
 	if strings.Contains(got, "io_exits") {
 		t.Errorf("%q names a counter the kernel does not keep", got)
 	}
-	if _, err := readKVMStats(dir, 7); err == nil {
+	if _, err := readKVMStats(dir, nil); err == nil {
 		t.Error("a process without VMs has statistics")
 	}
 	write("42-11", "exits", "many")
-	if _, err := readKVMStats(dir, 42); err == nil {
+	if _, err := readKVMStats(dir, vms); err == nil {
 		t.Error("a malformed counter was read")
+	}
+}
+
+// TestVMDirs: only directories named after one of the process's threads
+// and one of its descriptors that is a KVM VM count.
+func TestVMDirs(t *testing.T) {
+	dir := t.TempDir()
+	f, err := os.Open(dir) // a descriptor that is no VM
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	pid := os.Getpid()
+	for _, name := range []string{fmt.Sprintf("%d-%d", pid, f.Fd()), fmt.Sprintf("%d-999", pid), "1-3"} {
+		if err := os.Mkdir(filepath.Join(dir, name), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := vmDirs(dir, pid); len(got) != 0 {
+		t.Fatalf("vmDirs = %v, want none (no descriptor is a VM)", got)
 	}
 }
