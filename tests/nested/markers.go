@@ -245,6 +245,9 @@ func (p *consoleParser) marker(m string) {
 		}
 		p.cur.ended, p.cur.rc = true, rc
 		p.cur = nil
+	case strings.HasPrefix(m, benchfmt.ProfileBegin), strings.HasPrefix(m, benchfmt.ProfileEnd):
+		// A CPU profile (bench -io-cpuprofile, -mig-cpuprofile), relayed
+		// with the console for a person to decode.
 	default:
 		p.errors = append(p.errors, "unknown marker: "+m)
 	}

@@ -91,6 +91,13 @@ func TestConsoleParser(t *testing.T) {
 		passed: 1,
 		failed: 5,
 	}, {
+		name: "a CPU profile between the markers is no problem",
+		pkgs: []string{"./kvm"},
+		console: "=== GVMM-NESTED BEGIN ./kvm\n=== GVMM-NESTED CPUPROFILE BEGIN name=iobench-gvmm bytes=3\nAAAA\n" +
+			"=== GVMM-NESTED CPUPROFILE END name=iobench-gvmm\n=== GVMM-NESTED END ./kvm rc=0\n" + done,
+		want:   []string{"PASS ./kvm"},
+		passed: 1,
+	}, {
 		name:    "package path with spaces keeps its name",
 		pkgs:    []string{"./odd dir"},
 		console: "=== GVMM-NESTED BEGIN ./odd dir\n=== GVMM-NESTED END ./odd dir rc=2\n" + done,
