@@ -105,7 +105,11 @@
 // 1 MiB transfers; timed in the guest) and "agent tcpsend" of 64 MiB to a
 // receiver in L1 on the TAP (timed by the receiver). One "=== GVMM-NESTED
 // IOBENCH RESULT" line per transfer; the harness prints median, min and
-// max MiB/s per test side by side with the gvmm/QEMU ratio. The sizes
+// max MiB/s per test side by side with the gvmm/QEMU ratio. Beside each
+// net-tx transfer iobench logs the VMM's CPU split (vCPU threads, guest
+// time, the rest), L1's KVM counters for its VM per MiB (exits by kind,
+// interrupts injected; from L1's debugfs) and the guest NIC's packets per
+// MiB, which say where two VMMs with the same guest differ. The sizes
 // (-disk-mib, -net-mib) keep a transfer to seconds under this emulation;
 // -n 0 or -io-n 0 leaves out the boot or the I/O part. Under emulation
 // the figures scale with the host CPU time L1 gets; a second nested run on
