@@ -82,7 +82,7 @@ func TestComponentCodec(t *testing.T) {
 		data []byte
 		want string
 	}{
-		{"later version", []byte(`{"v":3,"s":{"CPUs":1}}`), "version 3"},
+		{"later version", []byte(`{"v":4,"s":{"CPUs":1}}`), "version 4"},
 		{"version 0", []byte(`{"v":0,"s":{"CPUs":1}}`), "version 0"},
 		{"unknown field", []byte(`{"v":1,"s":{"CPUs":1,"Evil":1}}`), "unknown field"},
 		{"unknown envelope field", []byte(`{"v":1,"s":{},"x":1}`), "trailing data"},
