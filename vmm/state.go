@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 
 	"github.com/gvmm/gvmm/kvm"
 )
@@ -56,16 +57,40 @@ func (m *Machine) SaveVCPUs(ctx context.Context) ([]VCPUState, error) {
 		return nil, err
 	}
 	out := make([]VCPUState, len(m.vcpus))
-	for i, v := range m.vcpus {
-		if err := v.do(ctx, func() error {
-			st, err := v.save(msrs)
-			out[i] = st
-			return err
-		}); err != nil {
-			return nil, fmt.Errorf("save vCPU %d: %w", v.id, err)
+	if err := m.eachVCPU(ctx, func(i int, v *vcpu) error {
+		st, err := v.save(msrs)
+		out[i] = st
+		if err != nil {
+			return fmt.Errorf("save vCPU %d: %w", v.id, err)
 		}
+		return nil
+	}); err != nil {
+		return nil, err
 	}
 	return out, nil
+}
+
+// eachVCPU runs f for every vCPU on that vCPU's thread, all at once (the
+// state ioctls of one vCPU do not touch another's, and on a switchover's
+// path N vCPUs should not cost N times one), and returns the error of the
+// lowest-numbered vCPU that failed.
+func (m *Machine) eachVCPU(ctx context.Context, f func(i int, v *vcpu) error) error {
+	errs := make([]error, len(m.vcpus))
+	var wg sync.WaitGroup
+	for i, v := range m.vcpus {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs[i] = v.do(ctx, func() error { return f(i, v) })
+		}()
+	}
+	wg.Wait()
+	for _, err := range errs {
+		if err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // RestoreVCPUs puts saved states back into the vCPUs with the same IDs.
@@ -78,15 +103,16 @@ func (m *Machine) RestoreVCPUs(ctx context.Context, states []VCPUState) error {
 		return fmt.Errorf("restore: %d vCPU states for %d vCPUs", len(states), len(m.vcpus))
 	}
 	for i, v := range m.vcpus {
-		st := &states[i]
-		if st.ID != v.id {
-			return fmt.Errorf("restore: state %d is for vCPU %d, not %d", i, st.ID, v.id)
-		}
-		if err := v.do(ctx, func() error { return v.restore(st) }); err != nil {
-			return fmt.Errorf("restore vCPU %d: %w", v.id, err)
+		if states[i].ID != v.id {
+			return fmt.Errorf("restore: state %d is for vCPU %d, not %d", i, states[i].ID, v.id)
 		}
 	}
-	return nil
+	return m.eachVCPU(ctx, func(i int, v *vcpu) error {
+		if err := v.restore(&states[i]); err != nil {
+			return fmt.Errorf("restore vCPU %d: %w", v.id, err)
+		}
+		return nil
+	})
 }
 
 // save reads the vCPU's state in the order the mature VMMs use: mp_state
