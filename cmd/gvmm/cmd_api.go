@@ -22,6 +22,8 @@ type machineHolder struct {
 	mu  sync.Mutex
 	m   *vmm.Machine
 	log *slog.Logger
+	// workers is a migration's encryption workers (env.procs).
+	workers int
 	// busy is set while a snapshot or migration runs: one at a time.
 	// cancelOp ends it, and idle is closed when it has ended.
 	busy     bool
@@ -174,7 +176,7 @@ func (h *machineHolder) Migrate(ctx context.Context, req api.MigrateRequest, pro
 		return api.MigrateResult{}, err
 	}
 	defer h.end()
-	return migrateOut(ctx, m, req, progress, h.log)
+	return migrateOut(ctx, m, req, progress, h.workers, h.log)
 }
 
 // apiCmd builds the status, pause and resume commands: each calls one

@@ -113,7 +113,7 @@ func receiveCmd(ctx context.Context, e *env, args []string) error {
 	defer con.restore()
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	holder := machineHolder{log: e.log}
+	holder := machineHolder{log: e.log, workers: e.procs}
 	stopAPI, err := serveAPI(ctx, cancel, *apiSocket, &holder, e)
 	if err != nil {
 		return err
@@ -166,6 +166,11 @@ func receiveCmd(ctx context.Context, e *env, args []string) error {
 	start := time.Now()
 	reason, err := runMachine(ctx, m, con, func(ctx context.Context) error {
 		o := <-received
+		if o.err == nil {
+			// Only now do vCPUs run here; while the stream came in, its
+			// decryption had the CPUs to itself.
+			addVCPUProcs(e.procs, m.Description().CPUs)
+		}
 		if o.err == nil && acc != nil {
 			// The VM is here: keep its policy, so that it can leave again.
 			if err := dst.Commit(acc); err != nil {

@@ -122,7 +122,7 @@ func runCmd(ctx context.Context, e *env, args []string) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 
-	holder := machineHolder{log: e.log}
+	holder := machineHolder{log: e.log, workers: e.procs}
 	stopAPI, err := serveAPI(ctx, cancel, *apiSocket, &holder, e)
 	if err != nil {
 		return err
@@ -147,6 +147,7 @@ func runCmd(ctx context.Context, e *env, args []string) error {
 	} else if m, err = vmm.New(cfg); err != nil {
 		return explainNewError(err)
 	}
+	addVCPUProcs(e.procs, m.Description().CPUs)
 	holder.set(m)
 	stopProfile, err := startCPUProfile()
 	if err != nil {

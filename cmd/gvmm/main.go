@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"runtime"
 	"syscall"
 
 	"github.com/gvmm/gvmm/api"
@@ -21,6 +22,8 @@ type env struct {
 	stdout io.Writer
 	stderr io.Writer
 	log    *slog.Logger
+	// procs is GOMAXPROCS as the runtime chose it, before addVCPUProcs.
+	procs int
 }
 
 // command is one entry of the command table.
@@ -71,7 +74,7 @@ func main() {
 // realMain runs gvmm with the given arguments and streams and returns the
 // exit status.
 func realMain(args []string, stdin *os.File, stdout, stderr io.Writer) int {
-	e := &env{stdin: stdin, stdout: stdout, stderr: stderr}
+	e := &env{stdin: stdin, stdout: stdout, stderr: stderr, procs: runtime.GOMAXPROCS(0)}
 	e.log = slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: logLevel()}))
 
 	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {

@@ -62,7 +62,7 @@ func readKeyFile(path string) ([]byte, error) {
 // (migration/gate) in this process, so the migration key goes from the
 // gate to the stream in guarded memory and nowhere else. With a key file
 // it runs the INSECURE pre-shared key mode.
-func migrateOut(ctx context.Context, m *vmm.Machine, req api.MigrateRequest, progress func(api.Progress), log *slog.Logger) (api.MigrateResult, error) {
+func migrateOut(ctx context.Context, m *vmm.Machine, req api.MigrateRequest, progress func(api.Progress), workers int, log *slog.Logger) (api.MigrateResult, error) {
 	n := req.Connections
 	if n == 0 {
 		n = defaultConnections
@@ -101,6 +101,7 @@ func migrateOut(ctx context.Context, m *vmm.Machine, req api.MigrateRequest, pro
 		Timeout:     time.Duration(req.TimeoutSec) * time.Second,
 		CPU:         info,
 		Compression: comp,
+		Workers:     workers,
 		Logger:      log.With("migration", req.To),
 		Progress: func(p migration.Progress) {
 			progress(api.Progress{
