@@ -7,10 +7,10 @@ import "fmt"
 // Go adds that C does not have (abi_test.go checks both against
 // linux/kvm.h). Their raw bytes are the kernel's layout on this
 // architecture (x86-64, little-endian), which is what a VMM saves for a
-// vCPU or an in-kernel device: copying them is what QEMU and Cloud
-// Hypervisor do, and it is a hundred times cheaper than encoding/binary's
-// field-by-field reflection, which matters while a migrating guest is
-// paused.
+// vCPU or an in-kernel device. Copying them is what QEMU and Cloud
+// Hypervisor do; encoding/binary's field-by-field reflection took eight
+// times as long for a vCPU's state (40 against 5 us on a modern host),
+// and a migrating guest is paused meanwhile.
 type Raw interface {
 	MPState | VCPUEvents | LAPICState | XCRs | Sregs | Regs | DebugRegs |
 		IRQChip | PITState2 | ClockData | MSREntry | CPUIDEntry

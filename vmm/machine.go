@@ -124,12 +124,14 @@ type Machine struct {
 	stuck bool
 
 	// Pausing: pausePending tells vCPU loops to park; pauseWanted,
-	// parked and resumeCh (closed by Resume) are guarded by pauseMu.
+	// parked, resumeCh (closed by Resume) and allParked (closed by the
+	// last vCPU to park for this pause) are guarded by pauseMu.
 	pausePending atomic.Bool
 	pauseMu      sync.Mutex
 	pauseWanted  bool
 	parked       int
 	resumeCh     chan struct{}
+	allParked    chan struct{}
 	started      time.Time
 	cpus         int
 	memBytes     uint64
@@ -305,9 +307,9 @@ func New(cfg Config) (_ *Machine, err error) {
 	if cfg.Incoming {
 		// vCPUs park before their first KVM_RUN; RestoreState runs
 		// on their threads, Resume lets them go.
-		m.pauseWanted = true
-		m.resumeCh = make(chan struct{})
-		m.pausePending.Store(true)
+		m.pauseMu.Lock()
+		m.wantPauseLocked()
+		m.pauseMu.Unlock()
 	}
 	return m, nil
 }
@@ -637,31 +639,35 @@ func (m *Machine) Pause(ctx context.Context) error {
 	default:
 	}
 	m.pauseMu.Lock()
-	if !m.pauseWanted {
-		m.pauseWanted = true
-		m.resumeCh = make(chan struct{})
-		m.pausePending.Store(true)
-	}
+	m.wantPauseLocked()
+	all, done := m.allParked, m.parked == len(m.vcpus)
 	m.pauseMu.Unlock()
+	if done {
+		return nil
+	}
 	for _, v := range m.vcpus {
 		v.interrupt()
 	}
-	for {
-		m.pauseMu.Lock()
-		done := m.parked == len(m.vcpus)
-		m.pauseMu.Unlock()
-		if done {
-			return nil
-		}
-		select {
-		case <-ctx.Done():
-			m.Resume()
-			return fmt.Errorf("pause: %w", ctx.Err())
-		case <-m.ended:
-			return ErrNotRunning
-		case <-time.After(time.Millisecond):
-		}
+	select {
+	case <-all:
+		return nil
+	case <-ctx.Done():
+		m.Resume()
+		return fmt.Errorf("pause: %w", ctx.Err())
+	case <-m.ended:
+		return ErrNotRunning
 	}
+}
+
+// wantPauseLocked asks the vCPUs to park, unless that is asked already.
+func (m *Machine) wantPauseLocked() {
+	if m.pauseWanted {
+		return
+	}
+	m.pauseWanted = true
+	m.resumeCh = make(chan struct{})
+	m.allParked = make(chan struct{})
+	m.pausePending.Store(true)
 }
 
 // Resume lets quiesced devices and parked vCPUs run again. Resuming a

@@ -75,6 +75,13 @@ func (v *vcpu) park() {
 	m.pauseMu.Lock()
 	resume := m.resumeCh
 	m.parked++
+	if m.parked == len(m.vcpus) && m.allParked != nil {
+		select {
+		case <-m.allParked: // a vCPU that left on a stop came back
+		default:
+			close(m.allParked) // Pause returns
+		}
+	}
 	m.pauseMu.Unlock()
 wait:
 	for {
