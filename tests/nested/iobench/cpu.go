@@ -70,10 +70,14 @@ func procCPU(pid int) (map[string]threadCPU, error) {
 
 // cpuSplit is where a VMM's CPU time went between two samples, in
 // milliseconds: in its vCPU threads (those that ran the guest), of which
-// in the guest itself, and in all its other threads (device emulation,
-// the Go runtime, QEMU's main loop).
+// in the guest itself and in the kernel (KVM and the exits' system calls),
+// and in all its other threads (device emulation, the Go runtime, QEMU's
+// main loop), of which in the kernel (for a TAP, the host's network stack
+// runs inside the VMM's write) and in the busiest one of them.
 type cpuSplit struct {
-	VCPU, Guest, Other uint64
+	VCPU, Guest, VCPUSys     uint64
+	Other, OtherSys, Busiest uint64
+	OtherThreads             int // other threads that used CPU
 }
 
 // splitCPU compares two procCPU samples. A thread that ran a guest at
@@ -87,12 +91,19 @@ func splitCPU(before, after map[string]threadCPU) cpuSplit {
 		if a.Guest > 0 {
 			s.VCPU += d
 			s.Guest += a.Guest - b.Guest
-		} else {
-			s.Other += d
+			s.VCPUSys += a.Sys - b.Sys
+			continue
+		}
+		s.Other += d
+		s.OtherSys += a.Sys - b.Sys
+		s.Busiest = max(s.Busiest, d)
+		if d > 0 {
+			s.OtherThreads++
 		}
 	}
 	const ms = 1000 / clockTicks
-	return cpuSplit{VCPU: s.VCPU * ms, Guest: s.Guest * ms, Other: s.Other * ms}
+	return cpuSplit{VCPU: s.VCPU * ms, Guest: s.Guest * ms, VCPUSys: s.VCPUSys * ms,
+		Other: s.Other * ms, OtherSys: s.OtherSys * ms, Busiest: s.Busiest * ms, OtherThreads: s.OtherThreads}
 }
 
 // hostBusy reads the aggregate "cpu" line of /proc/stat: busy and total
@@ -157,6 +168,6 @@ func (p *cpuProbe) report() string {
 	if total > p.total {
 		pct = 100 * float64(busy-p.busy) / float64(total-p.total)
 	}
-	return fmt.Sprintf("cpu: vmm_vcpu_ms=%d vmm_guest_ms=%d vmm_other_ms=%d l1_busy_pct=%.0f",
-		s.VCPU, s.Guest, s.Other, pct)
+	return fmt.Sprintf("cpu: vmm_vcpu_ms=%d vmm_guest_ms=%d vmm_vcpu_sys_ms=%d vmm_other_ms=%d vmm_other_sys_ms=%d vmm_other_busiest_ms=%d vmm_other_threads=%d l1_busy_pct=%.0f",
+		s.VCPU, s.Guest, s.VCPUSys, s.Other, s.OtherSys, s.Busiest, s.OtherThreads, pct)
 }

@@ -135,7 +135,7 @@ func TestSplitCPU(t *testing.T) {
 		"4": {User: 3, Sys: 1}, // a new worker
 	}
 	got := splitCPU(before, after)
-	want := cpuSplit{VCPU: 1100, Guest: 800, Other: 340}
+	want := cpuSplit{VCPU: 1100, Guest: 800, VCPUSys: 100, Other: 340, OtherSys: 110, Busiest: 300, OtherThreads: 2}
 	if got != want {
 		t.Fatalf("splitCPU = %+v, want %+v", got, want)
 	}
