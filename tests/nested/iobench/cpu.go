@@ -1,11 +1,14 @@
 package main
 
 import (
+	"cmp"
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
+	"time"
 )
 
 // clockTicks is USER_HZ, the unit of /proc's CPU times (100 on every
@@ -78,6 +81,14 @@ type cpuSplit struct {
 	VCPU, Guest, VCPUSys     uint64
 	Other, OtherSys, Busiest uint64
 	OtherThreads             int // other threads that used CPU
+	// Top is the busiest other threads, most first (at most four).
+	Top []threadUse
+}
+
+// threadUse is one thread's CPU between two samples, in milliseconds.
+type threadUse struct {
+	TID string
+	MS  uint64
 }
 
 // splitCPU compares two procCPU samples. A thread that ran a guest at
@@ -99,11 +110,18 @@ func splitCPU(before, after map[string]threadCPU) cpuSplit {
 		s.Busiest = max(s.Busiest, d)
 		if d > 0 {
 			s.OtherThreads++
+			s.Top = append(s.Top, threadUse{tid, d})
 		}
 	}
 	const ms = 1000 / clockTicks
+	slices.SortFunc(s.Top, func(a, b threadUse) int { return cmp.Or(cmp.Compare(b.MS, a.MS), cmp.Compare(a.TID, b.TID)) })
+	top := s.Top[:min(4, len(s.Top))]
+	for i := range top {
+		top[i].MS *= ms
+	}
 	return cpuSplit{VCPU: s.VCPU * ms, Guest: s.Guest * ms, VCPUSys: s.VCPUSys * ms,
-		Other: s.Other * ms, OtherSys: s.OtherSys * ms, Busiest: s.Busiest * ms, OtherThreads: s.OtherThreads}
+		Other: s.Other * ms, OtherSys: s.OtherSys * ms, Busiest: s.Busiest * ms, OtherThreads: s.OtherThreads,
+		Top: slices.Clip(top)}
 }
 
 // hostBusy reads the aggregate "cpu" line of /proc/stat: busy and total
@@ -140,18 +158,72 @@ type cpuProbe struct {
 	threads     map[string]threadCPU
 	busy, total uint64
 	err         error
+	// calls samples, every syscallEvery until stop is closed, the system
+	// call each thread is in (/proc/PID/task/TID/syscall: its number,
+	// or "running"), to tell the VMM's busy threads apart.
+	stop, done chan struct{}
+	calls      map[string]map[string]int
 }
 
+const syscallEvery = 100 * time.Millisecond
+
 func startCPUProbe(pid int) *cpuProbe {
-	p := &cpuProbe{pid: pid}
+	p := &cpuProbe{pid: pid, stop: make(chan struct{}), done: make(chan struct{}), calls: map[string]map[string]int{}}
 	p.threads, p.err = procCPU(pid)
 	if p.err == nil {
 		p.busy, p.total, p.err = hostBusy()
 	}
+	go p.sampleCalls()
 	return p
 }
 
+func (p *cpuProbe) sampleCalls() {
+	defer close(p.done)
+	t := time.NewTicker(syscallEvery)
+	defer t.Stop()
+	dir := fmt.Sprintf("/proc/%d/task", p.pid)
+	for {
+		select {
+		case <-p.stop:
+			return
+		case <-t.C:
+		}
+		ents, err := os.ReadDir(dir)
+		if err != nil {
+			return
+		}
+		for _, e := range ents {
+			b, err := os.ReadFile(filepath.Join(dir, e.Name(), "syscall"))
+			if err != nil {
+				continue
+			}
+			call, _, _ := strings.Cut(strings.TrimSpace(string(b)), " ")
+			if p.calls[e.Name()] == nil {
+				p.calls[e.Name()] = map[string]int{}
+			}
+			p.calls[e.Name()][call]++
+		}
+	}
+}
+
+// usualCalls is a thread's most sampled system calls, "NR:count" most
+// first (at most three).
+func usualCalls(calls map[string]int) string {
+	var keys []string
+	for k := range calls {
+		keys = append(keys, k)
+	}
+	slices.SortFunc(keys, func(a, b string) int { return cmp.Or(cmp.Compare(calls[b], calls[a]), cmp.Compare(a, b)) })
+	var out []string
+	for _, k := range keys[:min(3, len(keys))] {
+		out = append(out, fmt.Sprintf("%s:%d", k, calls[k]))
+	}
+	return strings.Join(out, "/")
+}
+
 func (p *cpuProbe) report() string {
+	close(p.stop)
+	<-p.done
 	if p.err != nil {
 		return fmt.Sprintf("cpu: %v", p.err)
 	}
@@ -168,6 +240,10 @@ func (p *cpuProbe) report() string {
 	if total > p.total {
 		pct = 100 * float64(busy-p.busy) / float64(total-p.total)
 	}
-	return fmt.Sprintf("cpu: vmm_vcpu_ms=%d vmm_guest_ms=%d vmm_vcpu_sys_ms=%d vmm_other_ms=%d vmm_other_sys_ms=%d vmm_other_busiest_ms=%d vmm_other_threads=%d l1_busy_pct=%.0f",
-		s.VCPU, s.Guest, s.VCPUSys, s.Other, s.OtherSys, s.Busiest, s.OtherThreads, pct)
+	top := make([]string, len(s.Top))
+	for i, v := range s.Top {
+		top[i] = fmt.Sprintf("%d(%s)", v.MS, usualCalls(p.calls[v.TID]))
+	}
+	return fmt.Sprintf("cpu: vmm_vcpu_ms=%d vmm_guest_ms=%d vmm_vcpu_sys_ms=%d vmm_other_ms=%d vmm_other_sys_ms=%d vmm_other_busiest_ms=%d vmm_other_threads=%d vmm_other_top_ms=%s l1_busy_pct=%.0f",
+		s.VCPU, s.Guest, s.VCPUSys, s.Other, s.OtherSys, s.Busiest, s.OtherThreads, strings.Join(top, ","), pct)
 }

@@ -2,6 +2,7 @@ package main
 
 import (
 	"io"
+	"reflect"
 	"slices"
 	"strings"
 	"testing"
@@ -135,8 +136,12 @@ func TestSplitCPU(t *testing.T) {
 		"4": {User: 3, Sys: 1}, // a new worker
 	}
 	got := splitCPU(before, after)
-	want := cpuSplit{VCPU: 1100, Guest: 800, VCPUSys: 100, Other: 340, OtherSys: 110, Busiest: 300, OtherThreads: 2}
-	if got != want {
+	want := cpuSplit{VCPU: 1100, Guest: 800, VCPUSys: 100, Other: 340, OtherSys: 110, Busiest: 300, OtherThreads: 2,
+		Top: []threadUse{{"1", 300}, {"4", 40}}}
+	if !reflect.DeepEqual(got, want) {
 		t.Fatalf("splitCPU = %+v, want %+v", got, want)
+	}
+	if got := usualCalls(map[string]int{"232": 5, "running": 9, "0": 1, "1": 1}); got != "running:9/232:5/0:1" {
+		t.Fatalf("usualCalls = %q", got)
 	}
 }
