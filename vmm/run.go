@@ -6,7 +6,9 @@ import (
 	"fmt"
 	"runtime"
 	"sync/atomic"
+	"time"
 
+	"github.com/gvmm/gvmm/internal/sched"
 	"github.com/gvmm/gvmm/kvm"
 	"golang.org/x/sys/unix"
 )
@@ -141,7 +143,13 @@ func (v *vcpu) run(started chan<- struct{}) error {
 	// other goroutine inherits a thread that KVM has seen.
 	v.tid.Store(int32(unix.Gettid()))
 	started <- struct{}{}
+	// A vCPU goes from KVM_RUN to KVM_RUN without the scheduler: pass
+	// through it now and then so that sysmon does not keep taking the P
+	// and polling every 20 us (package sched). Locked to its thread, each
+	// pass costs two thread wake-ups, hence the longer period.
+	yield := sched.Yielder{Every: 5 * time.Millisecond}
 	for {
+		yield.Maybe()
 		// Throttling first: a tick that lands while the vCPU sleeps sets
 		// immediate_exit again, which must be cleared before KVM_RUN or
 		// the guest would never run at all.

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 
+	"github.com/gvmm/gvmm/internal/sched"
 	"github.com/gvmm/gvmm/virtio"
 	"golang.org/x/sys/unix"
 )
@@ -105,7 +106,11 @@ func (l *eventLoop) loop(ctx context.Context) error {
 	// DRIVER_OK or notified before the loop existed.
 	txKicked, rxKicked, rxReady := true, true, true
 	rxWaiting := false // a packet waits for receive buffers
+	// The loop goes from system call to system call without the
+	// scheduler: pass through it now and then (package sched).
+	var yield sched.Yielder
 	for {
+		yield.Maybe()
 		if txKicked {
 			if err := virtio.DrainQueue(ctx, l.env, TxQueue, l.txq, &c, l.tx.handle); err != nil {
 				return err
