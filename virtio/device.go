@@ -4,6 +4,8 @@ import (
 	"context"
 	"log/slog"
 	"sync"
+
+	"github.com/gvmm/gvmm/internal/sched"
 )
 
 // Device is the type-specific half of a virtio device; the transport (PCI)
@@ -106,7 +108,12 @@ func (w *Workers) Stop() {
 // DRIVER_OK, or notified before the worker existed) and after each kick.
 func runQueue(ctx context.Context, env *Env, qi int, q *Queue, kick *Kick, h Handler) {
 	var c Chain
+	// A busy queue takes the worker from doorbell read to I/O system call
+	// and back without the scheduler: pass through it now and then
+	// (package sched).
+	var yield sched.Yielder
 	for {
+		yield.Maybe()
 		err := DrainQueue(ctx, env, qi, q, &c, h)
 		if err == nil {
 			err = kick.Wait(ctx)

@@ -15,5 +15,6 @@
 //
 // Yielder lets such a loop pass through the scheduler every few
 // milliseconds instead, which is enough for sysmon to back off to its
-// 10 ms period.
+// 10 ms period. The vCPU loop, virtio-net's event loop and the virtio
+// queue workers (disk, entropy, console) use it.
 package sched

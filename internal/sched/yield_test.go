@@ -14,7 +14,7 @@ func TestYielder(t *testing.T) {
 	}{
 		{"first call starts the clock", time.Hour, 0, []bool{false, false, false}},
 		{"yields once the period passed", time.Millisecond, 2 * time.Millisecond, []bool{false, true, true}},
-		{"zero value uses the default", 0, 0, []bool{false, false}},
+		{"zero value uses the default", 0, 2 * DefaultEvery, []bool{false, true, true}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			y := Yielder{Every: tc.every}

@@ -107,7 +107,8 @@
 // IOBENCH RESULT" line per transfer; the harness prints median, min and
 // max MiB/s per test side by side with the gvmm/QEMU ratio. Beside each
 // net-tx transfer iobench logs the VMM's CPU split (vCPU threads, guest
-// time, the rest), L1's KVM counters for its VM per MiB (exits by kind,
+// time, the rest; kernel and user time; the busiest threads and the
+// system calls they sit in), L1's KVM counters for its VM per MiB (exits by kind,
 // interrupts injected; from L1's debugfs) and the guest NIC's packets per
 // MiB, which say where two VMMs with the same guest differ. The sizes
 // (-disk-mib, -net-mib) keep a transfer to seconds under this emulation;
