@@ -43,19 +43,20 @@ type cpuidCheck struct {
 	fn, index uint32
 	reg       string
 	// ignore masks bits gvmm itself synthesises (hypervisor, topology,
-	// TSC-deadline) rather than passes through.
+	// TSC-deadline) rather than passes through, and bits that mirror the
+	// guest's control registers (OSXSAVE, OSPKE).
 	ignore uint32
 	names  map[int]string
 }
 
 var cpuidChecks = []cpuidCheck{
-	{fn: 1, reg: "ECX", ignore: cpuid1ECXHypervisor | cpuid1ECXTSCDeadline, names: map[int]string{
+	{fn: 1, reg: "ECX", ignore: cpuid1ECXHypervisor | cpuid1ECXTSCDeadline | cpuid1ECXOSXSAVE, names: map[int]string{
 		0: "SSE3", 1: "PCLMULQDQ", 9: "SSSE3", 12: "FMA", 13: "CX16", 19: "SSE4.1", 20: "SSE4.2",
 		22: "MOVBE", 23: "POPCNT", 25: "AES", 26: "XSAVE", 28: "AVX", 29: "F16C", 30: "RDRAND"}},
 	{fn: 1, reg: "EDX", ignore: cpuid1EDXHTT, names: map[int]string{25: "SSE", 26: "SSE2"}},
 	{fn: 7, reg: "EBX", names: map[int]string{
 		3: "BMI1", 5: "AVX2", 8: "BMI2", 9: "ERMS", 16: "AVX512F", 18: "RDSEED", 19: "ADX", 29: "SHA"}},
-	{fn: 7, reg: "ECX", names: map[int]string{1: "AVX512VBMI", 8: "GFNI", 9: "VAES", 10: "VPCLMULQDQ"}},
+	{fn: 7, reg: "ECX", ignore: cpuid7ECXOSPKE, names: map[int]string{1: "AVX512VBMI", 8: "GFNI", 9: "VAES", 10: "VPCLMULQDQ"}},
 	{fn: 7, reg: "EDX"},
 	{fn: 0xd, index: 1, reg: "EAX", names: map[int]string{0: "XSAVEOPT", 1: "XSAVEC", 3: "XSAVES"}},
 	{fn: 0x80000001, reg: "ECX", ignore: cpuidExt1ECXSVM, names: map[int]string{0: "LAHF_LM", 5: "ABM", 6: "SSE4A"}},
@@ -93,21 +94,7 @@ func (m *Machine) CheckCompatible(info MigrationInfo) error {
 	if err != nil {
 		return err
 	}
-	var missing []string
-	for _, c := range cpuidChecks {
-		want := cpuidReg(info.CPUID, c.fn, c.index, c.reg) &^ c.ignore
-		lack := want &^ cpuidReg(supported, c.fn, c.index, c.reg)
-		for lack != 0 {
-			b := bits.TrailingZeros32(lack)
-			lack &^= 1 << b
-			name := c.names[b]
-			if name == "" {
-				name = "?"
-			}
-			missing = append(missing, fmt.Sprintf("%s (CPUID.%#x.%d:%s bit %d)", name, c.fn, c.index, c.reg, b))
-		}
-	}
-	if len(missing) > 0 {
+	if missing := missingCPUFeatures(info.CPUID, supported); len(missing) > 0 {
 		return fmt.Errorf("this host's CPU (as KVM offers it) lacks features the guest uses: %s; "+
 			"migrate to a host with a newer CPU, or start the guest with a CPU model both hosts support",
 			strings.Join(missing, ", "))
@@ -126,6 +113,26 @@ func (m *Machine) CheckCompatible(info MigrationInfo) error {
 		}
 	}
 	return nil
+}
+
+// missingCPUFeatures names the features of the guest's CPUID that the
+// supported CPUID lacks (cpuidChecks), in check order.
+func missingCPUFeatures(guest, supported []kvm.CPUIDEntry) []string {
+	var missing []string
+	for _, c := range cpuidChecks {
+		want := cpuidReg(guest, c.fn, c.index, c.reg) &^ c.ignore
+		lack := want &^ cpuidReg(supported, c.fn, c.index, c.reg)
+		for lack != 0 {
+			b := bits.TrailingZeros32(lack)
+			lack &^= 1 << b
+			name := c.names[b]
+			if name == "" {
+				name = "?"
+			}
+			missing = append(missing, fmt.Sprintf("%s (CPUID.%#x.%d:%s bit %d)", name, c.fn, c.index, c.reg, b))
+		}
+	}
+	return missing
 }
 
 // maxGuestCPUIDEntries is KVM_MAX_CPUID_ENTRIES, the most a vCPU takes.

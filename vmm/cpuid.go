@@ -15,6 +15,16 @@ const (
 	cpuidExt1ECXSVM      = 1 << 2
 )
 
+// CPUID bits KVM changes at run time to mirror the guest's own settings
+// (kvm_update_cpuid_runtime): OSXSAVE follows CR4.OSXSAVE and OSPKE
+// follows CR4.PKE. A CPUID read back from a running vCPU has them set
+// where the guest turned the feature on, and no KVM lists them as
+// supported: they are not features a destination must offer.
+const (
+	cpuid1ECXOSXSAVE = 1 << 27
+	cpuid7ECXOSPKE   = 1 << 4
+)
+
 // guestCPUID derives vCPU id's CPUID from what KVM supports: every feature
 // KVM can virtualise stays, and the topology fields say what the machine
 // really is (ncpus single-threaded cores in one package, APIC ID = id).
