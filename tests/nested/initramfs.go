@@ -248,6 +248,8 @@ type l1Plan struct {
 	tests       []testPkg     // test mode: packages with a binary
 	testTimeout time.Duration // test mode: -test.timeout of each binary
 	testRun     string        // test mode: -test.run of each binary, if set
+	testBench   string        // test mode: -test.bench of each binary (run once each), if set
+	benchMem    string        // test mode: GVMM_BENCH_MEM for the benchmarks, if set
 	demoArgs    []string      // demo mode: the gvmm command line
 	benchArgs   []string      // bench mode: the bootbench command line; none: no boot timing
 	bootbench   string        // bench mode: host path of bootbench, put at l1BootBench
@@ -297,6 +299,8 @@ func (pl l1Plan) script() string {
 	fmt.Fprintf(&b, "GVMM_MODULES=%s\n", shQuote(strings.Join(mods, " ")))
 	fmt.Fprintf(&b, "GVMM_TEST_TIMEOUT=%s\n", shQuote(pl.testTimeout.String()))
 	fmt.Fprintf(&b, "GVMM_TEST_RUN=%s\n", shQuote(pl.testRun))
+	fmt.Fprintf(&b, "GVMM_TEST_BENCH=%s\n", shQuote(pl.testBench))
+	fmt.Fprintf(&b, "GVMM_BENCH_MEM=%s\n", shQuote(pl.benchMem))
 	fmt.Fprintf(&b, "GVMM_HEARTBEAT=%d\n", pl.heartbeat)
 	fmt.Fprintf(&b, "GVMM_KVM_ARGS=%s\n", shQuote(strings.Join(pl.kvmArgs, " ")))
 	fmt.Fprintf(&b, "GVMM_KVM_AMD_ARGS=%s\n", shQuote(strings.Join(pl.kvmAMDArgs, " ")))

@@ -82,6 +82,8 @@ export GVMM_GUEST_INITRD=/gvmm/guest/initrd.cpio.gz
 run_tests() {
 	set -- -test.v -test.timeout="$GVMM_TEST_TIMEOUT"
 	[ -n "$GVMM_TEST_RUN" ] && set -- "$@" -test.run="$GVMM_TEST_RUN"
+	[ -n "$GVMM_TEST_BENCH" ] && set -- "$@" -test.bench="$GVMM_TEST_BENCH" -test.benchtime=1x
+	[ -n "$GVMM_BENCH_MEM" ] && export GVMM_BENCH_MEM
 	while read -r dir pkg; do
 		echo "=== GVMM-NESTED BEGIN $pkg"
 		(cd "/gvmm/tests/$dir" && exec "./$dir.test" "$@") </dev/null 2>&1

@@ -20,6 +20,8 @@ func testMode(ctx context.Context, p *progress, args []string) error {
 	testTimeout := fs.Duration("test-timeout", 20*time.Minute, "-test.timeout of each test binary")
 	noGvmm := fs.Bool("no-gvmm", false, "do not build ./cmd/gvmm (for tests that do not need it)")
 	run := fs.String("run", "", "run only the tests matching this regexp (-test.run)")
+	bench := fs.String("bench", "", "also run the benchmarks matching this regexp, once each (-test.bench, -test.benchtime=1x)")
+	benchMem := fs.String("bench-mem", "", "GVMM_BENCH_MEM for the benchmarks (a size like 256M; empty: each benchmark's default)")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
@@ -75,7 +77,7 @@ func testMode(ctx context.Context, p *progress, args []string) error {
 		p.say("no test binaries to run")
 		parser.Line(markerDone)
 	case nested:
-		pl := l1Plan{mode: "test", tests: runnable, testTimeout: *testTimeout, testRun: *run, heartbeat: 20}
+		pl := l1Plan{mode: "test", tests: runnable, testTimeout: *testTimeout, testRun: *run, testBench: *bench, benchMem: *benchMem, heartbeat: 20}
 		l1, err := h.writeL1(gp, gvmmBin, pl, f)
 		if err != nil {
 			return err
@@ -129,16 +131,31 @@ func testMode(ctx context.Context, p *progress, args []string) error {
 // writeL1 writes L1's initramfs for the plan into the run's folder.
 func (h *harness) writeL1(gp guestParts, gvmmBin string, pl l1Plan, f l1Flags) (string, error) {
 	compress := f.compress
-	var err error
-	if pl.kvmArgs, pl.kvmAMDArgs, err = splitKVMParams(f.kvmParams); err != nil {
-		return "", err
-	}
 	if f.kvmTrace < 0 {
 		return "", fmt.Errorf("%w: -kvm-trace: %d lines", errUsage, f.kvmTrace)
 	}
 	pl.kvmTrace = f.kvmTrace
 	if _, err := exec.LookPath("qemu-system-x86_64"); err != nil {
 		return "", fmt.Errorf("the nested machine needs QEMU: apt-get install qemu-system-x86 (listed in .ci/apt-packages): %w", err)
+	}
+	params := f.kvmParams
+	if params == kvmParamsAuto {
+		out, err := exec.Command("qemu-system-x86_64", "--version").Output()
+		if err != nil {
+			return "", fmt.Errorf("qemu-system-x86_64 --version: %w", err)
+		}
+		major, err := parseQEMUMajor(string(out))
+		if err != nil {
+			return "", err
+		}
+		params = autoKVMParams(major)
+		if major < 10 {
+			h.p.say("QEMU %d emulates L1: its AES and carry-less multiply are slow (encrypted migration runs about 5x slower than under QEMU 10; .ci/install-deps installs 10 from bookworm-backports)", major)
+		}
+	}
+	var err error
+	if pl.kvmArgs, pl.kvmAMDArgs, err = splitKVMParams(params); err != nil {
+		return "", err
 	}
 	path := filepath.Join(h.work, "l1-initrd.cpio")
 	if compress {
