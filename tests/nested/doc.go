@@ -42,13 +42,13 @@
 // output showed a known nested instability (a guest triple fault or
 // stall). A test whose failures all showed one gets a second rerun.
 //
-// L1 loads kvm-amd with npt=0 (-kvm-params, default "kvm_amd.npt=0"):
-// L1's KVM shadows its guests' page tables rather than using the emulated
-// CPU's nested paging, which killed L2 guests now and then (see
-// defaultKVMParams). -kvm-params passes other module parameters to L1's
-// kvm and kvm-amd ("" for none, which turns nested paging back on), to try
-// L1's KVM in other configurations when chasing a nested failure; L1
-// prints them when it loads the modules.
+// L1's kvm-amd gets npt=0 under QEMU before 10 and its defaults (nested
+// paging on) under QEMU 10 or newer (-kvm-params auto, the default; see
+// autoKVMParams): each QEMU's TCG fails L2 guests on the other path.
+// .ci/install-deps installs QEMU 10 (on Debian 12 from bookworm-backports).
+// -kvm-params passes other module parameters to L1's kvm and kvm-amd (""
+// for none), to try L1's KVM in other configurations when chasing a nested
+// failure; L1 prints them when it loads the modules.
 // -kvm-trace N has L1's KVM trace its guests' exits and injections into a
 // ring buffer that stops at the first guest shutdown (a triple fault); the
 // last N events before it are printed after the test package, prefixed

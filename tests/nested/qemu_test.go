@@ -100,3 +100,33 @@ func TestL1Args(t *testing.T) {
 		t.Errorf("interactive args end in %q", ia[len(ia)-1])
 	}
 }
+
+func TestParseQEMUMajor(t *testing.T) {
+	for _, tc := range []struct {
+		out    string
+		major  int
+		params string
+		bad    bool
+	}{
+		{out: "QEMU emulator version 7.2.22 (Debian 1:7.2+dfsg-7+deb12u18+b3)\nCopyright (c) 2003-2022 Fabrice Bellard\n", major: 7, params: "kvm_amd.npt=0"},
+		{out: "QEMU emulator version 10.0.2 (Debian 1:10.0.2+ds-2+deb13u1~bpo12+1)\n", major: 10, params: ""},
+		{out: "QEMU emulator version 11.1.0\n", major: 11, params: ""},
+		{out: "qemu-system-x86_64: unknown option\n", bad: true},
+		{out: "", bad: true},
+	} {
+		major, err := parseQEMUMajor(tc.out)
+		if tc.bad {
+			if err == nil {
+				t.Errorf("parseQEMUMajor(%q) = %d, want an error", tc.out, major)
+			}
+			continue
+		}
+		if err != nil || major != tc.major {
+			t.Errorf("parseQEMUMajor(%q) = %d, %v; want %d", tc.out, major, err, tc.major)
+			continue
+		}
+		if got := autoKVMParams(major); got != tc.params {
+			t.Errorf("autoKVMParams(%d) = %q, want %q", major, got, tc.params)
+		}
+	}
+}
