@@ -148,8 +148,18 @@ func (v *vcpu) run(started chan<- struct{}) error {
 	// and polling every 20 us (package sched). Locked to its thread, each
 	// pass costs two thread wake-ups, hence the longer period.
 	yield := sched.Yielder{Every: 5 * time.Millisecond}
+	// exited and handled: when the last KVM_RUN returned with an exit to
+	// serve, and when serving it ended.
+	var exited, handled time.Time
 	for {
-		yield.Maybe()
+		yielded := yield.Maybe()
+		if !exited.IsZero() {
+			if d := time.Since(exited); d >= slowExit {
+				v.m.log.Debug("slow vCPU exit timing", "vcpu", v.id, "reason", v.cpu.ExitReason(), "took", d,
+					"serve", handled.Sub(exited), "yielded", yielded)
+			}
+			exited = time.Time{}
+		}
 		// Throttling first: a tick that lands while the vCPU sleeps sets
 		// immediate_exit again, which must be cleared before KVM_RUN or
 		// the guest would never run at all.
@@ -186,11 +196,20 @@ func (v *vcpu) run(started chan<- struct{}) error {
 			}
 			return fmt.Errorf("vCPU %d: %w", v.id, err)
 		}
+		exited = time.Now()
 		if err := v.handleExit(); err != nil {
 			return err
 		}
+		handled = time.Now()
 	}
 }
+
+// slowExit is how long serving one exit may take, the pass through the
+// scheduler included (throttling and pauses are not counted), before a
+// debug line says so: the vCPU is out of the guest all that time. Its
+// "serve" field is handleExit's share, "yielded" says whether the loop
+// yielded; the rest is the wait for a P.
+const slowExit = 20 * time.Millisecond
 
 // maxCompletionExits bounds the exits one completePending may service
 // (a string I/O instruction goes back to userspace once per chunk).
