@@ -8,9 +8,6 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// hugePageSize is the x86 2 MiB page, the alignment of guest RAM.
-const hugePageSize = 2 << 20
-
 // ErrOutOfRange is returned by accesses that fall outside guest RAM.
 var ErrOutOfRange = errors.New("guest address range outside RAM")
 
@@ -36,17 +33,13 @@ func NewMemory(size uint64) (*Memory, error) {
 	if size > 1<<46 {
 		return nil, fmt.Errorf("guest memory: size %d is too large", size)
 	}
-	// Aligned to 2 MiB, as QEMU aligns guest RAM: KVM maps guest memory
-	// with 2 MiB EPT/NPT entries only where the guest-physical and the
-	// host-virtual address agree modulo 2 MiB (and the host backs it with
-	// a huge page); mmap alone aligns to 4 KiB.
-	b, err := mmapAligned(uintptr(size), hugePageSize, unix.PROT_READ|unix.PROT_WRITE,
+	b, err := unix.Mmap(-1, 0, int(size), unix.PROT_READ|unix.PROT_WRITE,
 		unix.MAP_PRIVATE|unix.MAP_ANONYMOUS|unix.MAP_NORESERVE)
 	if err != nil {
 		return nil, fmt.Errorf("guest memory: mmap %d bytes: %w", size, err)
 	}
 	// Guest RAM holds the guest's secrets: keep it out of core dumps.
-	// Transparent huge pages cut TLB and EPT/NPT costs; both are hints.
+	// Huge pages cut TLB and EPT/NPT costs; both are hints.
 	_ = unix.Madvise(b, unix.MADV_DONTDUMP)
 	_ = unix.Madvise(b, unix.MADV_HUGEPAGE)
 	m := &Memory{mapping: b, regions: ramLayout(size)}
@@ -65,7 +58,7 @@ func (m *Memory) Close() error {
 	if m.mapping == nil {
 		return nil
 	}
-	err := munmapBytes(m.mapping)
+	err := unix.Munmap(m.mapping)
 	m.mapping = nil
 	if err != nil {
 		return fmt.Errorf("guest memory: munmap: %w", err)

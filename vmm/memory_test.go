@@ -86,27 +86,3 @@ func TestMemoryResident(t *testing.T) {
 		t.Fatalf("resident grew by %d bytes after touching 64 pages", after-before)
 	}
 }
-
-// Guest RAM starts on a 2 MiB boundary (so KVM can map it with huge
-// pages), and every byte of it is usable up to its end.
-func TestMemoryAligned(t *testing.T) {
-	for _, size := range []uint64{pageSize, 2 << 20, 3<<20 + 5*pageSize, 64 << 20} {
-		m, err := NewMemory(size)
-		if err != nil {
-			t.Fatalf("NewMemory(%d): %v", size, err)
-		}
-		if a := sliceAddr(m.mapping); a%hugePageSize != 0 {
-			t.Errorf("NewMemory(%d) maps at %#x, not 2 MiB-aligned", size, a)
-		}
-		if uint64(len(m.mapping)) != size {
-			t.Errorf("NewMemory(%d) maps %d bytes", size, len(m.mapping))
-		}
-		m.mapping[0], m.mapping[size-1] = 1, 2
-		if m.mapping[0] != 1 || m.mapping[size-1] != 2 {
-			t.Errorf("NewMemory(%d): first and last bytes do not hold what was written", size)
-		}
-		if err := m.Close(); err != nil {
-			t.Errorf("Close after NewMemory(%d): %v", size, err)
-		}
-	}
-}
