@@ -249,8 +249,8 @@ var errClosed = errors.New("TPM is closed")
 // do runs f with exclusive use of the transport, after checking ctx. TPM
 // commands themselves are not interruptible; ctx is checked between them.
 func (t *TPM) do(ctx context.Context, f func(tr transportTPM) error) error {
-	if err := ctx.Err(); err != nil {
-		return err
+	if ctx.Err() != nil {
+		return context.Cause(ctx) // says who cancelled, where the caller set a cause
 	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
@@ -268,8 +268,8 @@ type ctxTransport struct {
 }
 
 func (c ctxTransport) Send(cmd []byte) ([]byte, error) {
-	if err := c.ctx.Err(); err != nil {
-		return nil, err
+	if c.ctx.Err() != nil {
+		return nil, context.Cause(c.ctx)
 	}
 	return c.tr.Send(cmd)
 }

@@ -27,9 +27,16 @@ type machineHolder struct {
 	// busy is set while a snapshot or migration runs: one at a time.
 	// cancelOp ends it, and idle is closed when it has ended.
 	busy     bool
-	cancelOp context.CancelFunc
+	cancelOp context.CancelCauseFunc
 	idle     chan struct{}
 }
+
+// The causes with which machineHolder cancels an operation's context:
+// an error that reaches the user then says which of them it was.
+var (
+	errOpEnded        = fmt.Errorf("the snapshot or migration had ended: %w", context.Canceled)
+	errMachineRetired = fmt.Errorf("the machine stopped: %w", context.Canceled)
+)
 
 var _ api.Machine = (*machineHolder)(nil)
 
@@ -131,7 +138,7 @@ func (h *machineHolder) begin(ctx context.Context) (*vmm.Machine, context.Contex
 		return nil, nil, errors.New("a snapshot or migration is already in progress")
 	}
 	h.busy = true
-	ctx, h.cancelOp = context.WithCancel(ctx)
+	ctx, h.cancelOp = context.WithCancelCause(ctx)
 	h.idle = make(chan struct{})
 	return h.m, ctx, nil
 }
@@ -139,7 +146,7 @@ func (h *machineHolder) begin(ctx context.Context) (*vmm.Machine, context.Contex
 func (h *machineHolder) end() {
 	h.mu.Lock()
 	h.busy = false
-	h.cancelOp()
+	h.cancelOp(errOpEnded)
 	close(h.idle)
 	h.mu.Unlock()
 }
@@ -153,7 +160,7 @@ func (h *machineHolder) retire() {
 	h.m = nil
 	busy, idle := h.busy, h.idle
 	if busy {
-		h.cancelOp()
+		h.cancelOp(errMachineRetired)
 	}
 	h.mu.Unlock()
 	if busy {
