@@ -2,6 +2,7 @@ package tpm
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -173,5 +174,34 @@ func TestHostInitAndReopen(t *testing.T) {
 	}
 	if _, err := InitHost(ctx, tp, dir, HostOptions{Launch: in}); err == nil {
 		t.Fatal("init over an existing host state succeeded")
+	}
+}
+
+// A cancelled context's cause, where its canceller set one, is what a
+// command returns: the error then says who cancelled.
+func TestCommandReturnsCancelCause(t *testing.T) {
+	tp := openSim(t)
+	cause := errors.New("the machine stopped")
+	for _, tc := range []struct {
+		name   string
+		cancel func() context.Context
+		want   error
+	}{
+		{"with a cause", func() context.Context {
+			ctx, cancel := context.WithCancelCause(context.Background())
+			cancel(cause)
+			return ctx
+		}, cause},
+		{"without one", func() context.Context {
+			ctx, cancel := context.WithCancel(context.Background())
+			cancel()
+			return ctx
+		}, context.Canceled},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if err := tp.ResetPCR(tc.cancel(), 23); !errors.Is(err, tc.want) {
+				t.Errorf("ResetPCR on a cancelled context: %v, want %v", err, tc.want)
+			}
+		})
 	}
 }

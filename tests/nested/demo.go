@@ -88,7 +88,7 @@ func demoMode(ctx context.Context, p *progress, args []string) error {
 			parser := newConsoleParser()
 			env := []string{"GVMM_REQUIRE_KVM=1", "GVMM_BIN=" + gvmmBin,
 				"GVMM_GUEST_KERNEL=" + gp.guest.kernel, "GVMM_GUEST_INITRD=" + gp.guest.initrd}
-			if why := runDirect(ctx, p, storyBin, env, storyTimeout, storyRun, f.timeout, parser); why != "" {
+			if why := runDirect(ctx, p, storyBin, env, storyTimeout, []string{"-test.run=" + storyRun}, f.timeout, parser); why != "" {
 				return errors.New(why)
 			}
 			if err := storyResult(parser); err != nil {

@@ -99,7 +99,17 @@ func testMode(ctx context.Context, p *progress, args []string) error {
 			"GVMM_GUEST_KERNEL=" + gp.guest.kernel,
 			"GVMM_GUEST_INITRD=" + gp.guest.initrd,
 		}
-		if why := runDirect(ctx, p, runnable, env, *testTimeout, *run, f.timeout, parser); why != "" {
+		var args []string
+		if *run != "" {
+			args = append(args, "-test.run="+*run)
+		}
+		if *bench != "" {
+			args = append(args, "-test.bench="+*bench, "-test.benchtime=1x")
+		}
+		if *benchMem != "" {
+			env = append(env, "GVMM_BENCH_MEM="+*benchMem)
+		}
+		if why := runDirect(ctx, p, runnable, env, *testTimeout, args, f.timeout, parser); why != "" {
 			problems = append(problems, why)
 		}
 	}
@@ -173,8 +183,9 @@ func (h *harness) writeL1(gp guestParts, gvmmBin string, pl l1Plan, f l1Flags) (
 
 // runDirect runs the test binaries on this host, one after the other,
 // framed by the same markers L1 prints, and returns a problem outside the
-// packages, if any.
-func runDirect(ctx context.Context, p *progress, tests []testPkg, env []string, testTimeout time.Duration, run string, total time.Duration, parser *consoleParser) string {
+// packages, if any. args go to every test binary after -test.v and
+// -test.timeout (as l1init.sh's run_tests passes them in L1).
+func runDirect(ctx context.Context, p *progress, tests []testPkg, env []string, testTimeout time.Duration, args []string, total time.Duration, parser *consoleParser) string {
 	ctx, cancel := context.WithTimeout(ctx, total)
 	defer cancel()
 	say := func(s string) { p.relay(s); parser.Line(s) }
@@ -183,11 +194,7 @@ func runDirect(ctx context.Context, p *progress, tests []testPkg, env []string, 
 			break
 		}
 		say(markerBegin + t.pkg)
-		args := []string{"-test.v", "-test.timeout=" + testTimeout.String()}
-		if run != "" {
-			args = append(args, "-test.run="+run)
-		}
-		cmd := exec.Command(t.bin, args...)
+		cmd := exec.Command(t.bin, append([]string{"-test.v", "-test.timeout=" + testTimeout.String()}, args...)...)
 		cmd.Dir = t.dir // as go test does: testdata/ is found relative to it
 		cmd.Env = append(os.Environ(), env...)
 		// A minute more than the binary's own timeout, which then panics
