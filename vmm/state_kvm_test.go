@@ -6,6 +6,8 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -241,5 +243,36 @@ func TestPauseCompletesPendingIO(t *testing.T) {
 	}
 	if string(got) != string(input[:16]) {
 		t.Errorf("guest stored %x, want %x", got, input[:16])
+	}
+}
+
+// TestVCPUThreadNames: each vCPU thread is named vcpuN while it runs, so
+// that tools and the migration bench can tell the guest's CPU time apart.
+func TestVCPUThreadNames(t *testing.T) {
+	requireKVM(t)
+	m := newCodeMachine(t, counterCode, 2)
+	ctx, cancel := context.WithCancel(context.Background())
+	ran := make(chan error, 1)
+	go func() {
+		_, err := m.Run(ctx)
+		ran <- err
+	}()
+	defer func() {
+		cancel()
+		<-ran
+	}()
+	waitCounter(t, m, 0x30000, 0)
+	want := map[string]bool{"vcpu0": false, "vcpu1": false}
+	for _, v := range m.vcpus {
+		tid := v.tid.Load()
+		b, err := os.ReadFile(filepath.Join("/proc/self/task", strconv.Itoa(int(tid)), "comm"))
+		if err != nil {
+			t.Fatalf("vCPU %d thread %d: %v", v.id, tid, err)
+		}
+		name := strings.TrimSpace(string(b))
+		if _, ok := want[name]; !ok || want[name] {
+			t.Errorf("vCPU %d thread is named %q", v.id, name)
+		}
+		want[name] = true
 	}
 }
