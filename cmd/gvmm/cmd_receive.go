@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"strconv"
+	"sync"
 	"syscall"
 	"time"
 
@@ -128,6 +129,21 @@ func receiveCmd(ctx context.Context, e *env, args []string) error {
 		err error
 	}
 	received := make(chan outcome, 1)
+	// A CPU profile (GVMM_CPUPROFILE) covers the incoming migration only:
+	// it stops once the stream is in.
+	stopProfile, err := startCPUProfile()
+	if err != nil {
+		return err
+	}
+	var profileOnce sync.Once
+	endProfile := func() {
+		profileOnce.Do(func() {
+			if err := stopProfile(); err != nil {
+				e.log.Warn("CPU profile", "err", err)
+			}
+		})
+	}
+	defer endProfile()
 	go func() {
 		res, err := migration.Receive(ctx, ln, key.Bytes(), nil, migration.ReceiveOptions{
 			Logger: e.log,
@@ -166,6 +182,7 @@ func receiveCmd(ctx context.Context, e *env, args []string) error {
 	start := time.Now()
 	reason, err := runMachine(ctx, m, con, func(ctx context.Context) error {
 		o := <-received
+		endProfile()
 		if o.err == nil {
 			// Only now do vCPUs run here; while the stream came in, its
 			// decryption had the CPUs to itself.

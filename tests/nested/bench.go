@@ -48,7 +48,7 @@ func benchMode(ctx context.Context, p *progress, args []string) error {
 	migVMMs := fs.String("mig-vmms", "gvmm,qemu,qemu-tls", "comma-separated VMMs for the migration benchmark: gvmm, qemu (-M pc), qemu-tls (the same over TLS 1.3 with a pre-shared key: encrypted like gvmm)")
 	migCompress := fs.String("mig-compress", "auto", "gvmm migrate --compress for the migration benchmark: auto, off or always")
 	migDirty := fs.String("mig-dirty", "", "MIB:PAGES_PER_SEC: the migrated guest dirties MIB MiB at that rate (0: no limit) instead of idling (migbench -dirty)")
-	migProfile := fs.Bool("mig-cpuprofile", false, "CPU-profile the first migration's source gvmm run (GVMM_CPUPROFILE) and print the profile, base64, on the console")
+	migProfile := fs.Bool("mig-cpuprofile", false, "CPU-profile the first migration's source gvmm run and its destination's receive (GVMM_CPUPROFILE) and print the profile, base64, on the console")
 	verbose := fs.Bool("v", false, "relay every boot's console")
 	if err := parseFlags(fs, args); err != nil {
 		return err
