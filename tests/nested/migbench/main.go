@@ -51,6 +51,10 @@ import (
 // guestCmdline is the guest kernel command line of every VMM.
 const guestCmdline = "console=ttyS0 quiet panic=-1"
 
+// afterHandover is how long after a migration returns the CPU time of
+// both processes and of the machine is read again.
+const afterHandover = 500 * time.Millisecond
+
 // tailLines is how many console lines of a failed migration are shown.
 const tailLines = 30
 
@@ -91,7 +95,7 @@ func main() {
 	vmms := fs.String("vmms", "gvmm,qemu", "comma-separated VMMs: gvmm, qemu (QEMU -M pc), qemu-tls (the same over TLS with a pre-shared key)")
 	fs.BoolVar(&c.verbose, "v", false, "relay every console")
 	fs.StringVar(&c.dirty, "dirty", "", "MIB:PAGES_PER_SEC: the source guest also dirties MIB MiB at that rate (0: no limit) while it migrates; empty: an idle guest")
-	fs.BoolVar(&c.cpuProfile, "cpuprofile", false, "CPU-profile the first round's source gvmm run (GVMM_CPUPROFILE) and print the profile, base64, between "+benchfmt.ProfileBegin+" and "+benchfmt.ProfileEnd+" lines")
+	fs.BoolVar(&c.cpuProfile, "cpuprofile", false, "CPU-profile the first round's source gvmm run and its destination's receive (GVMM_CPUPROFILE) and print the profile, base64, between "+benchfmt.ProfileBegin+" and "+benchfmt.ProfileEnd+" lines")
 	fs.Parse(os.Args[1:])
 	c.vmms = strings.Split(*vmms, ",")
 	if fs.NArg() > 0 || c.runs < 1 || c.hbMs < 1 || c.kernel == "" || c.initrd == "" {
@@ -182,7 +186,9 @@ func (m *mig) qemuArgv(extra ...string) []string {
 	if m.c.qemuData != "" {
 		a = append(a, "-L", m.c.qemuData)
 	}
-	a = append(a, "-M", "pc", "-enable-kvm", "-cpu", "host",
+	// debug-threads names QEMU's threads ("CPU 0/KVM", "live_migration")
+	// for the CPU time by thread that each round prints.
+	a = append(a, "-name", "migbench,debug-threads=on", "-M", "pc", "-enable-kvm", "-cpu", "host",
 		"-m", m.c.mem, "-smp", fmt.Sprint(m.c.cpus),
 		"-nodefaults", "-no-user-config", "-nographic", "-display", "none", "-vga", "none",
 		"-serial", "stdio", "-no-reboot",
@@ -235,6 +241,7 @@ func (m *mig) run(ctx context.Context) benchfmt.MigResult {
 	}
 	defer src.kill()
 	var dst *vm
+	dumpDst := func() {}
 	why := func() string {
 		start := time.Now()
 		if err := src.waitFor(ctx, regexp.MustCompile(`guest# `), m.c.bootTimeout); err != nil {
@@ -251,8 +258,15 @@ func (m *mig) run(ctx context.Context) benchfmt.MigResult {
 			src.send("agent dirty " + a + " >/dev/null &\n")
 		}
 		time.Sleep(2 * time.Second)
+		dstEnv := m.env()
+		if m.c.cpuProfile && m.vmm == "gvmm" && m.round == 1 {
+			profile := filepath.Join(m.c.dir, "migbench-dst.pprof")
+			dstEnv = append(dstEnv, "GVMM_CPUPROFILE="+profile)
+			// Deferred in run, not in this closure: after dst.kill.
+			dumpDst = func() { benchfmt.DumpProfile(m.w, "migbench-gvmm-dst", profile) }
+		}
 		var err error
-		if dst, err = startVM(dstArgv, m.env(), m, "dst"); err != nil {
+		if dst, err = startVM(dstArgv, dstEnv, m, "dst"); err != nil {
 			return err.Error()
 		}
 		if m.vmm == "qemu-tls" {
@@ -269,6 +283,13 @@ func (m *mig) run(ctx context.Context) benchfmt.MigResult {
 		if err := waitListening(ctx, addr, dst, time.Minute); err != nil {
 			return err.Error()
 		}
+		// Each process's CPU time by thread across the migration: the
+		// guest's (its vCPU thread) against the VMM's own.
+		srcCPU := watchCPU(src.cmd.Process.Pid, 100*time.Millisecond)
+		defer srcCPU.close()
+		dstCPU := watchCPU(dst.cmd.Process.Pid, 100*time.Millisecond)
+		defer dstCPU.close()
+		s0, d0, t0 := srcCPU.now(), dstCPU.now(), time.Now()
 		m.hb.mark()
 		var vmmWhy string
 		if m.vmm == "gvmm" {
@@ -283,6 +304,20 @@ func (m *mig) run(ctx context.Context) benchfmt.MigResult {
 		if vmmWhy != "" {
 			return vmmWhy
 		}
+		s1, d1 := srcCPU.now(), dstCPU.now()
+		m.say("CPU time over the %.2f s of the migration: source %s; destination %s",
+			time.Since(t0).Seconds(), s1.sub(s0), d1.sub(d0))
+		// The guest's first moments on the destination, against what
+		// else this machine runs then (the source's teardown, for one).
+		mb0, mt0, _ := machineCPU()
+		time.Sleep(afterHandover)
+		mb1, mt1, err := machineCPU()
+		machine := "?"
+		if err == nil {
+			machine = fmt.Sprintf("%.2f s busy of %.2f s", (mb1 - mb0).Seconds(), (mt1 - mt0).Seconds())
+		}
+		m.say("CPU time in the %v after the migration returned: source %s; destination %s; the machine %s",
+			afterHandover, srcCPU.now().sub(s1), dstCPU.now().sub(d1), machine)
 		if err := m.hb.waitCountNudging(ctx, "dst", 50, 2*time.Minute, dst, m.say); err != nil {
 			return fmt.Sprintf("heartbeat on the destination: %v", err)
 		}
@@ -302,6 +337,7 @@ func (m *mig) run(ctx context.Context) benchfmt.MigResult {
 	if dst != nil {
 		dst.kill()
 	}
+	dumpDst()
 	if why != "" {
 		r.Why = why
 		m.say("failed: %s; the last console lines:", why)
@@ -330,6 +366,9 @@ func (m *mig) gvmmMigrate(ctx context.Context, sock, addr string, r *benchfmt.Mi
 	out, err := cmd.CombinedOutput()
 	for _, l := range strings.Split(strings.TrimSpace(string(out)), "\n") {
 		m.say("gvmm migrate: %s", l)
+	}
+	if ps := cmd.ProcessState; ps != nil {
+		m.say("gvmm migrate (the command, not the VMM) used %.2f s of CPU", (ps.UserTime() + ps.SystemTime()).Seconds())
 	}
 	if err != nil {
 		return fmt.Sprintf("gvmm migrate: %v", err)
@@ -716,13 +755,13 @@ func (v *vm) read(r io.ReadCloser) {
 			if i < 0 {
 				break
 			}
-			v.line(strings.TrimRight(string(part[:i]), "\r"), at)
+			v.line(strings.TrimRight(string(part[:i]), "\r"), at, true)
 			part = part[i+1:]
 		}
 		// A prompt has no newline (and ash may follow it with a cursor
 		// query): pass it on as it is.
 		if bytes.Contains(part, []byte("# ")) || (err != nil && len(part) > 0) {
-			v.line(string(part), at)
+			v.line(string(part), at, false)
 			part = nil
 		}
 		if err != nil {
@@ -763,7 +802,8 @@ func relayed(line string) bool {
 	return false
 }
 
-func (v *vm) line(line string, at time.Time) {
+// line takes one console line; complete says it ended with its newline.
+func (v *vm) line(line string, at time.Time, complete bool) {
 	v.mu.Lock()
 	v.tail = append(v.tail, line)
 	if len(v.tail) > tailLines {
@@ -774,7 +814,13 @@ func (v *vm) line(line string, at time.Time) {
 		fmt.Fprintf(v.m.w, "migbench: %s %d %s | %s\n", v.m.vmm, v.m.round, v.label, line)
 	}
 	if strings.Contains(line, "gvmm-hb ") {
-		v.m.hb.add(v.label, line, at)
+		// A heartbeat without its newline is one the switchover cut:
+		// its start reached the source's console, which flushes it only
+		// when it exits, and its end the destination's. Timed at that
+		// flush it could land after the destination's next beat.
+		if complete {
+			v.m.hb.add(v.label, line, at)
+		}
 		return
 	}
 	select {
