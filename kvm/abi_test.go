@@ -28,6 +28,7 @@ var abiTypes = map[string]any{
 	"kvm_cpuid2":                   cpuid2Header{},
 	"kvm_userspace_memory_region":  UserspaceMemoryRegion{},
 	"kvm_clock_data":               ClockData{},
+	"kvm_device_attr":              deviceAttr{},
 	"kvm_pic_state":                PICState{},
 	"kvm_ioapic_state":             IOAPICState{},
 	"kvm_irqchip":                  IRQChip{},
@@ -280,6 +281,9 @@ var ioctls = map[string]uint64{
 	"KVM_GET_TSC_KHZ":                _KVM_GET_TSC_KHZ,
 	"KVM_SET_TSC_KHZ":                _KVM_SET_TSC_KHZ,
 	"KVM_KVMCLOCK_CTRL":              _KVM_KVMCLOCK_CTRL,
+	"KVM_HAS_DEVICE_ATTR":            _KVM_HAS_DEVICE_ATTR,
+	"KVM_GET_DEVICE_ATTR":            _KVM_GET_DEVICE_ATTR,
+	"KVM_SET_DEVICE_ATTR":            _KVM_SET_DEVICE_ATTR,
 }
 
 func TestIoctlNumbers(t *testing.T) {

@@ -148,6 +148,10 @@ type dirtyLog C.struct_kvm_dirty_log
 // clearDirtyLog mirrors struct kvm_clear_dirty_log (KVM_CLEAR_DIRTY_LOG).
 type clearDirtyLog C.struct_kvm_clear_dirty_log
 
+// deviceAttr mirrors struct kvm_device_attr (KVM_{HAS,GET,SET}_DEVICE_ATTR;
+// on a vCPU fd, the vCPU's attributes). Addr is the address of the value.
+type deviceAttr C.struct_kvm_device_attr
+
 // enableCap mirrors struct kvm_enable_cap (KVM_ENABLE_CAP).
 type enableCap C.struct_kvm_enable_cap
 
@@ -307,6 +311,12 @@ const (
 	ClockTSCStable = C.KVM_CLOCK_TSC_STABLE
 	ClockRealtime  = C.KVM_CLOCK_REALTIME
 	ClockHostTSC   = C.KVM_CLOCK_HOST_TSC
+)
+
+// vCPU attribute group and attribute of the guest's TSC offset.
+const (
+	vcpuTSCCtrl   = C.KVM_VCPU_TSC_CTRL
+	vcpuTSCOffset = C.KVM_VCPU_TSC_OFFSET
 )
 
 // PITSpeakerDummy is the CreatePIT2 flag KVM_PIT_SPEAKER_DUMMY.
@@ -482,4 +492,8 @@ const (
 	_KVM_GET_TSC_KHZ     = C.KVM_GET_TSC_KHZ
 	_KVM_SET_TSC_KHZ     = C.KVM_SET_TSC_KHZ
 	_KVM_KVMCLOCK_CTRL   = C.KVM_KVMCLOCK_CTRL
+
+	_KVM_HAS_DEVICE_ATTR = C.KVM_HAS_DEVICE_ATTR
+	_KVM_GET_DEVICE_ATTR = C.KVM_GET_DEVICE_ATTR
+	_KVM_SET_DEVICE_ATTR = C.KVM_SET_DEVICE_ATTR
 )

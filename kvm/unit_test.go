@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"io/fs"
+	"reflect"
 	"strings"
 	"testing"
 
@@ -386,6 +387,23 @@ func TestDirtyBitmapLen(t *testing.T) {
 	}{{0, 0}, {1, 1}, {4096, 1}, {64 * 4096, 1}, {64*4096 + 1, 2}, {1 << 30, 4096}} {
 		if got := DirtyBitmapLen(tc.size); got != tc.want {
 			t.Errorf("DirtyBitmapLen(%d) = %d, want %d", tc.size, got, tc.want)
+		}
+	}
+}
+
+// TestDeviceAttrArgLayout: the argument the attribute ioctls get has
+// deviceAttr's layout (itself checked against C in abi_test.go), with a
+// pointer where deviceAttr has the address.
+func TestDeviceAttrArgLayout(t *testing.T) {
+	g, c := reflect.TypeOf(deviceAttrArg{}), reflect.TypeOf(deviceAttr{})
+	if g.Size() != c.Size() || g.NumField() != c.NumField() {
+		t.Fatalf("deviceAttrArg: %d bytes, %d fields; deviceAttr: %d bytes, %d fields", g.Size(), g.NumField(), c.Size(), c.NumField())
+	}
+	for i := range g.NumField() {
+		gf, cf := g.Field(i), c.Field(i)
+		if gf.Name != cf.Name || gf.Offset != cf.Offset || gf.Type.Size() != cf.Type.Size() {
+			t.Errorf("field %d: %s at %d (%d bytes), deviceAttr's %s at %d (%d bytes)",
+				i, gf.Name, gf.Offset, gf.Type.Size(), cf.Name, cf.Offset, cf.Type.Size())
 		}
 	}
 }

@@ -331,3 +331,45 @@ func (c *VCPU) KVMClockCtrl() error {
 	_, err := c.fd.ioctl("KVM_KVMCLOCK_CTRL", _KVM_KVMCLOCK_CTRL, 0)
 	return err
 }
+
+// deviceAttrArg is deviceAttr with Addr as a real pointer, as the ioctls
+// take it: the value stays reachable, and moves with the goroutine's stack,
+// until KVM has read or written it. Its layout is deviceAttr's (checked in
+// unit_test.go).
+type deviceAttrArg struct {
+	Flags uint32
+	Group uint32
+	Attr  uint64
+	Addr  *uint64
+}
+
+// HasTSCOffset says whether KVM lets user space read and set the guest
+// TSC's offset from the host's (KVM_HAS_DEVICE_ATTR with the vCPU
+// attribute KVM_VCPU_TSC_OFFSET, Linux 5.16 and later).
+func (c *VCPU) HasTSCOffset() bool {
+	a := deviceAttrArg{Group: vcpuTSCCtrl, Attr: vcpuTSCOffset}
+	_, err := ioctlPtr(&c.fd, "KVM_HAS_DEVICE_ATTR", _KVM_HAS_DEVICE_ATTR, &a)
+	return err == nil
+}
+
+// TSCOffset returns the guest TSC's offset from the host's: the guest
+// reads host TSC + offset (KVM_GET_DEVICE_ATTR, KVM_VCPU_TSC_OFFSET).
+func (c *VCPU) TSCOffset() (uint64, error) {
+	var v uint64
+	a := deviceAttrArg{Group: vcpuTSCCtrl, Attr: vcpuTSCOffset, Addr: &v}
+	if _, err := ioctlPtr(&c.fd, "KVM_GET_DEVICE_ATTR", _KVM_GET_DEVICE_ATTR, &a); err != nil {
+		return 0, err
+	}
+	return v, nil
+}
+
+// SetTSCOffset sets the guest TSC's offset from the host's
+// (KVM_SET_DEVICE_ATTR, KVM_VCPU_TSC_OFFSET). It is how a migrated guest's
+// TSC goes on counting the time it was paused (the kernel's
+// Documentation/virt/kvm/devices/vcpu.rst, section 4.1).
+func (c *VCPU) SetTSCOffset(off uint64) error {
+	v := off
+	a := deviceAttrArg{Group: vcpuTSCCtrl, Attr: vcpuTSCOffset, Addr: &v}
+	_, err := ioctlPtr(&c.fd, "KVM_SET_DEVICE_ATTR", _KVM_SET_DEVICE_ATTR, &a)
+	return err
+}

@@ -296,6 +296,15 @@ type clearDirtyLog struct {
 	DirtyBitmap *byte
 }
 
+// deviceAttr mirrors struct kvm_device_attr (KVM_{HAS,GET,SET}_DEVICE_ATTR;
+// on a vCPU fd, the vCPU's attributes). Addr is the address of the value.
+type deviceAttr struct {
+	Flags uint32
+	Group uint32
+	Attr  uint64
+	Addr  uint64
+}
+
 // enableCap mirrors struct kvm_enable_cap (KVM_ENABLE_CAP).
 type enableCap struct {
 	Cap   uint32
@@ -517,6 +526,12 @@ const (
 	ClockHostTSC   = 0x8
 )
 
+// vCPU attribute group and attribute of the guest's TSC offset.
+const (
+	vcpuTSCCtrl   = 0x0
+	vcpuTSCOffset = 0x0
+)
+
 // PITSpeakerDummy is the CreatePIT2 flag KVM_PIT_SPEAKER_DUMMY.
 const PITSpeakerDummy = 0x1
 
@@ -690,4 +705,8 @@ const (
 	_KVM_GET_TSC_KHZ     = 0xaea3
 	_KVM_SET_TSC_KHZ     = 0xaea2
 	_KVM_KVMCLOCK_CTRL   = 0xaead
+
+	_KVM_HAS_DEVICE_ATTR = 0x4018aee3
+	_KVM_GET_DEVICE_ATTR = 0x4018aee2
+	_KVM_SET_DEVICE_ATTR = 0x4018aee1
 )

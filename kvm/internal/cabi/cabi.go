@@ -69,6 +69,9 @@ static const struct gvmm_entry gvmm_entries[] = {
 	S(kvm_clock_data), F(kvm_clock_data, clock), F(kvm_clock_data, flags), F(kvm_clock_data, pad0),
 	F(kvm_clock_data, realtime), F(kvm_clock_data, host_tsc), F(kvm_clock_data, pad),
 
+	S(kvm_device_attr), F(kvm_device_attr, flags), F(kvm_device_attr, group), F(kvm_device_attr, attr),
+	F(kvm_device_attr, addr),
+
 	S(kvm_pic_state), F(kvm_pic_state, last_irr), F(kvm_pic_state, irr), F(kvm_pic_state, imr),
 	F(kvm_pic_state, isr), F(kvm_pic_state, priority_add), F(kvm_pic_state, irq_base),
 	F(kvm_pic_state, read_reg_select), F(kvm_pic_state, poll), F(kvm_pic_state, special_mask),
@@ -172,6 +175,7 @@ static const struct gvmm_entry gvmm_entries[] = {
 	K(KVM_SET_LAPIC), K(KVM_GET_VCPU_EVENTS), K(KVM_SET_VCPU_EVENTS), K(KVM_GET_MP_STATE),
 	K(KVM_SET_MP_STATE), K(KVM_GET_DEBUGREGS), K(KVM_SET_DEBUGREGS), K(KVM_SET_CPUID2),
 	K(KVM_GET_CPUID2), K(KVM_GET_TSC_KHZ), K(KVM_SET_TSC_KHZ), K(KVM_KVMCLOCK_CTRL),
+	K(KVM_HAS_DEVICE_ATTR), K(KVM_GET_DEVICE_ATTR), K(KVM_SET_DEVICE_ATTR),
 };
 
 static int gvmm_nentries(void) { return sizeof(gvmm_entries) / sizeof(gvmm_entries[0]); }
