@@ -36,6 +36,9 @@ type vcpu struct {
 	// exits counts exits handled in user space; written only by the vCPU
 	// thread, read after it stopped.
 	exits ExitCounts
+	// tscScaled is set when a restore gave the guest a TSC rate other
+	// than this host's (tsc.go); only the vCPU thread touches it.
+	tscScaled bool
 }
 
 // ExitCounts counts the exits that reached gvmm: port I/O by port, MMIO,

@@ -33,9 +33,10 @@ type StateComponent struct {
 // 2 writes the LAPIC and irqchip register pages and virtio's PCI
 // configuration space as base64 instead of arrays of numbers (packages kvm
 // and virtio read both). Version 3 writes the vCPUs and the VM-wide kernel
-// state in binary (statebin.go); the other components stay JSON.
+// state in binary (statebin.go); the other components stay JSON. Version
+// 4 adds each vCPU's TSC offset (statebin.go, tsc.go).
 const (
-	stateVersion       = 3
+	stateVersion       = 4
 	oldestStateVersion = 1
 )
 
@@ -410,7 +411,9 @@ func (m *Machine) RestoreState(ctx context.Context, comps []StateComponent, opts
 	}
 	// VM-wide state first (irqchips, PIT, clock), then the vCPUs, whose
 	// LAPICs and pending events refer to it, then the devices.
-	if opts.AdvanceClock && vm.Clock.Flags&kvmClockRealtime != 0 {
+	srcClock := vm.Clock
+	advance := opts.AdvanceClock && vm.Clock.Flags&kvmClockRealtime != 0
+	if advance {
 		vm.Clock.Flags = kvmClockRealtime
 	} else {
 		vm.Clock.Flags = 0
@@ -422,6 +425,12 @@ func (m *Machine) RestoreState(ctx context.Context, comps []StateComponent, opts
 	t1 := time.Now()
 	if err := m.RestoreVCPUs(ctx, vcpus); err != nil {
 		return err
+	}
+	if advance {
+		// kvmclock moved on by the time the guest was away: the TSCs too.
+		if err := m.advanceTSCs(ctx, vcpus, srcClock); err != nil {
+			return fmt.Errorf("restore: %w", err)
+		}
 	}
 	t2 := time.Now()
 	m.guestCPUID = vcpus[0].CPUID

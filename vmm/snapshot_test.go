@@ -3,6 +3,7 @@ package vmm
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"net"
 	"reflect"
 	"strings"
@@ -82,7 +83,7 @@ func TestComponentCodec(t *testing.T) {
 		data []byte
 		want string
 	}{
-		{"later version", []byte(`{"v":4,"s":{"CPUs":1}}`), "version 4"},
+		{"later version", fmt.Appendf(nil, `{"v":%d,"s":{"CPUs":1}}`, stateVersion+1), fmt.Sprintf("version %d", stateVersion+1)},
 		{"version 0", []byte(`{"v":0,"s":{"CPUs":1}}`), "version 0"},
 		{"unknown field", []byte(`{"v":1,"s":{"CPUs":1,"Evil":1}}`), "unknown field"},
 		{"unknown envelope field", []byte(`{"v":1,"s":{},"x":1}`), "trailing data"},

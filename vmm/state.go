@@ -7,6 +7,7 @@ import (
 	"sync"
 
 	"github.com/gvmm/gvmm/kvm"
+	"golang.org/x/sys/unix"
 )
 
 // VCPUState is one vCPU's complete architectural state as KVM exposes it:
@@ -24,6 +25,12 @@ type VCPUState struct {
 	DebugRegs kvm.DebugRegs
 	CPUID     kvm.CPUIDEntries
 	TSCKHz    uint32
+	// TSCOffset is the guest TSC's offset from the host's TSC
+	// (KVM_VCPU_TSC_OFFSET), read where KVM has it (HasTSCOffset): a live
+	// migration moves each TSC on by the time the guest was away, as
+	// kvmclock is (RestoreState, tsc.go).
+	TSCOffset    uint64 `json:",omitempty"`
+	HasTSCOffset bool   `json:",omitempty"`
 }
 
 // VMState is the state of the in-kernel devices shared by all vCPUs.
@@ -155,6 +162,11 @@ func (v *vcpu) save(msrIndices []uint32) (VCPUState, error) {
 	if st.TSCKHz, err = c.GetTSCKHz(); err != nil {
 		return st, err
 	}
+	if off, err := c.TSCOffset(); err == nil {
+		st.TSCOffset, st.HasTSCOffset = off, true
+	} else if !errors.Is(err, unix.ENXIO) {
+		return st, err
+	}
 	return st, nil
 }
 
@@ -198,6 +210,7 @@ func (v *vcpu) restore(st *VCPUState) error {
 			if err := c.SetTSCKHz(st.TSCKHz); err != nil {
 				return err
 			}
+			v.tscScaled = true
 		}
 	}
 	if err := c.SetMPState(&st.MPState); err != nil {
@@ -276,5 +289,11 @@ func (m *Machine) RestoreVM(st *VMState) error {
 		return err
 	}
 	clock := kvm.ClockData{Clock: st.Clock.Clock}
+	if st.Clock.Flags&kvm.ClockRealtime != 0 {
+		// KVM moves kvmclock forward by the real time since the source
+		// read it (RestoreState keeps the flag only when told to advance
+		// the clock, as a live migration is).
+		clock.Flags, clock.Realtime = kvm.ClockRealtime, st.Clock.Realtime
+	}
 	return m.vm.SetClock(&clock)
 }

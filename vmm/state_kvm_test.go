@@ -3,6 +3,7 @@ package vmm
 import (
 	"context"
 	"encoding/binary"
+	"fmt"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -11,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gvmm/gvmm/kvm"
 	"github.com/gvmm/gvmm/vmm/vmmtest"
 )
 
@@ -276,3 +278,105 @@ func TestVCPUThreadNames(t *testing.T) {
 		want[name] = true
 	}
 }
+
+// TestRestoreAdvancesClocks: a state restored into a fresh machine as a
+// live migration restores it (KVM_CLOCK_REALTIME, then the TSC offsets)
+// has kvmclock and every TSC moved on by the time it was away; restored as
+// a snapshot is, both go on from their saved values. Where KVM gives no
+// realtime or host TSC with the clock (no master clock: a host whose TSC is
+// not its clocksource) or lacks KVM_VCPU_TSC_OFFSET, the live migration's
+// restore must fall back to the snapshot's behaviour.
+func TestRestoreAdvancesClocks(t *testing.T) {
+	requireKVM(t)
+	const away = 300 * time.Millisecond
+	run := func(t *testing.T, m *Machine) context.Context {
+		ctx, cancel := context.WithCancel(context.Background())
+		ran := make(chan error, 1)
+		go func() {
+			_, err := m.Run(ctx)
+			ran <- err
+		}()
+		t.Cleanup(func() {
+			cancel()
+			<-ran
+		})
+		waitCounter(t, m, 0x30000, 0)
+		if err := m.Pause(ctx); err != nil {
+			t.Fatal(err)
+		}
+		return ctx
+	}
+	for _, advance := range []bool{true, false} {
+		t.Run(fmt.Sprintf("advance=%v", advance), func(t *testing.T) {
+			src := newCodeMachine(t, counterCode, 2)
+			ctx := run(t, src)
+			vcpus, err := src.SaveVCPUs(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			vm, err := src.SaveVM()
+			if err != nil {
+				t.Fatal(err)
+			}
+			srcClock := vm.Clock
+			canAdvance := vcpus[0].HasTSCOffset && vm.Clock.Flags&kvm.ClockRealtime != 0 && vm.Clock.Flags&kvm.ClockHostTSC != 0
+			t.Logf("TSC offset attribute %v, clock flags %#x", vcpus[0].HasTSCOffset, vm.Clock.Flags)
+			// The destination starts after the time away: a TSC that
+			// does not count it is at least that far behind.
+			time.Sleep(away)
+			dst := newCodeMachine(t, counterCode, 2)
+			dctx := run(t, dst)
+			if advance {
+				vm.Clock.Flags &= kvm.ClockRealtime // as RestoreState does
+			} else {
+				vm.Clock.Flags = 0
+			}
+			if err := dst.RestoreVM(&vm); err != nil {
+				t.Fatal(err)
+			}
+			if err := dst.RestoreVCPUs(dctx, vcpus); err != nil {
+				t.Fatal(err)
+			}
+			if advance {
+				if err := dst.advanceTSCs(dctx, vcpus, srcClock); err != nil {
+					t.Fatal(err)
+				}
+			}
+			now, err := dst.vm.GetClock()
+			if err != nil {
+				t.Fatal(err)
+			}
+			moved := time.Duration(now.Clock - srcClock.Clock)
+			offsets := make([]uint64, len(vcpus))
+			if err := dst.eachVCPU(dctx, func(i int, v *vcpu) error {
+				offsets[i], err = v.cpu.TSCOffset()
+				return err
+			}); err != nil && canAdvance {
+				t.Fatal(err)
+			}
+			want := advance && canAdvance
+			if want && moved < away || !want && moved > 50*time.Millisecond {
+				t.Errorf("kvmclock moved %v across %v away; want it moved on: %v", moved, away, want)
+			}
+			if !vcpus[0].HasTSCOffset {
+				return // no offsets to compare
+			}
+			for i, st := range vcpus {
+				// Both machines' offsets are from the same host TSC: a
+				// guest TSC that counts the time away keeps its offset,
+				// one that goes on from its saved value loses that time.
+				lost := time.Duration(ticksToNs(int64(st.TSCOffset-offsets[i]), st.TSCKHz))
+				t.Logf("vCPU %d: kvmclock moved %v, TSC lost %v", i, moved, lost)
+				if want && (lost < -20*time.Millisecond || lost > 20*time.Millisecond) {
+					t.Errorf("vCPU %d: the TSC lost %v of the %v away, want none", i, lost, away)
+				}
+				if !want && lost < away {
+					t.Errorf("vCPU %d: the TSC lost only %v of the %v away, want all of it", i, lost, away)
+				}
+			}
+		})
+	}
+}
+
+// ticksToNs converts TSC ticks at khz to nanoseconds.
+func ticksToNs(ticks int64, khz uint32) int64 { return ticks / int64(khz) * 1e6 }

@@ -22,9 +22,11 @@ import (
 // Integers are little-endian; a field's data is the kernel structure's
 // layout (encoding/binary, x86-64), or a run of them for the MSR and
 // CPUID tables. Every field of a component is present exactly once, in
-// tag order; decoding refuses anything else, a length that does not match
-// the structure, and trailing bytes. Other components stay JSON; the
-// decoder tells the two apart by the magic, which cannot start JSON.
+// tag order, but for a vCPU's TSC offset (version 4 on), which is last and
+// present only where the source's KVM could read it; decoding refuses
+// anything else, a length that does not match the structure, and trailing
+// bytes. Other components stay JSON; the decoder tells the two apart by
+// the magic, which cannot start JSON.
 var binMagic = []byte("\x00GVB")
 
 // firstBinaryVersion is the state version that introduced binMagic.
@@ -37,7 +39,9 @@ type (
 	binaryState interface {
 		appendBinary(b []byte) ([]byte, error)
 	}
-	binaryDecoder interface{ decodeBinary(body []byte) error }
+	binaryDecoder interface {
+		decodeBinary(version int, body []byte) error
+	}
 )
 
 // Bounds on the variable fields, as for JSON (package kvm's limits).
@@ -74,7 +78,7 @@ func decodeBinary(c StateComponent, v any) error {
 	if !ok {
 		return fmt.Errorf("state %s: a binary encoding where JSON belongs", c.ID)
 	}
-	if err := d.decodeBinary(body[2:]); err != nil {
+	if err := d.decodeBinary(ver, body[2:]); err != nil {
 		return fmt.Errorf("state %s: %w", c.ID, err)
 	}
 	return nil
@@ -185,7 +189,12 @@ const (
 	vcpuTagRegs
 	vcpuTagDebugRegs
 	vcpuTagCPUID
+	// From version 4, where the source's KVM has KVM_VCPU_TSC_OFFSET.
+	vcpuTagTSCOffset
 )
+
+// firstTSCOffsetVersion is the state version that added vcpuTagTSCOffset.
+const firstTSCOffsetVersion = 4
 
 func (s VCPUState) appendBinary(b []byte) ([]byte, error) {
 	if s.ID < 0 || s.ID >= MaxCPUs {
@@ -204,10 +213,13 @@ func (s VCPUState) appendBinary(b []byte) ([]byte, error) {
 	putRaw(&w, vcpuTagRegs, s.Regs)
 	putRaw(&w, vcpuTagDebugRegs, s.DebugRegs)
 	putRaw(&w, vcpuTagCPUID, s.CPUID...)
+	if s.HasTSCOffset {
+		w.field(vcpuTagTSCOffset, binary.LittleEndian.AppendUint64(nil, s.TSCOffset))
+	}
 	return w.b, nil
 }
 
-func (s *VCPUState) decodeBinary(body []byte) error {
+func (s *VCPUState) decodeBinary(version int, body []byte) error {
 	r := binReader{b: body}
 	var st VCPUState
 	id, err := r.u32(vcpuTagID, "id")
@@ -258,6 +270,16 @@ func (s *VCPUState) decodeBinary(body []byte) error {
 	if st.CPUID, err = getTable[kvm.CPUIDEntry](&r, vcpuTagCPUID, "cpuid", maxSavedCPUID); err != nil {
 		return err
 	}
+	if version >= firstTSCOffsetVersion && len(r.b) > 0 {
+		data, err := r.field(vcpuTagTSCOffset, "tsc_offset")
+		if err != nil {
+			return err
+		}
+		if len(data) != 8 {
+			return fmt.Errorf("tsc_offset: %d bytes, want 8", len(data))
+		}
+		st.TSCOffset, st.HasTSCOffset = binary.LittleEndian.Uint64(data), true
+	}
 	if err := r.end(); err != nil {
 		return err
 	}
@@ -284,7 +306,7 @@ func (s VMState) appendBinary(b []byte) ([]byte, error) {
 	return w.b, nil
 }
 
-func (s *VMState) decodeBinary(body []byte) error {
+func (s *VMState) decodeBinary(_ int, body []byte) error {
 	r := binReader{b: body}
 	var st VMState
 	for _, f := range []struct {

@@ -37,6 +37,11 @@ func testVCPUState(t testing.TB, id int) VCPUState {
 	return st
 }
 
+func withTSCOffset(st VCPUState, off uint64) VCPUState {
+	st.TSCOffset, st.HasTSCOffset = off, true
+	return st
+}
+
 func testVMState(t testing.TB) VMState {
 	var st VMState
 	fill(t, 3, &st.PICMaster, &st.PICSlave, &st.IOAPIC, &st.PIT, &st.Clock)
@@ -51,6 +56,8 @@ func TestBinaryStateRoundTrip(t *testing.T) {
 		out  func() any
 	}{
 		{"vcpu", testVCPUState(t, 1), func() any { return &VCPUState{} }},
+		{"vcpu with a TSC offset", withTSCOffset(testVCPUState(t, 4), 1<<63|12345), func() any { return &VCPUState{} }},
+		{"vcpu with a zero TSC offset", withTSCOffset(testVCPUState(t, 5), 0), func() any { return &VCPUState{} }},
 		{"vcpu without tables", empty, func() any { return &VCPUState{} }},
 		{"vcpu 255", testVCPUState(t, MaxCPUs-1), func() any { return &VCPUState{} }},
 		{"vm", testVMState(t), func() any { return &VMState{} }},
@@ -110,6 +117,10 @@ func TestBinaryStateRefusals(t *testing.T) {
 		t.Fatalf("no field %d", tag)
 		return 0
 	}
+	withOffset, err := encodeComponent("vcpu/0", withTSCOffset(testVCPUState(t, 0), 99))
+	if err != nil {
+		t.Fatal(err)
+	}
 	edit := func(f func(b []byte) []byte) []byte { return f(bytes.Clone(good.Data)) }
 	setLen := func(tag uint16, n uint32) []byte {
 		return edit(func(b []byte) []byte { binary.LittleEndian.PutUint32(b[field(tag)+2:], n); return b })
@@ -120,12 +131,25 @@ func TestBinaryStateRefusals(t *testing.T) {
 		into any
 		want string
 	}{
-		{"later version", edit(func(b []byte) []byte { b[4] = stateVersion + 1; return b }), &VCPUState{}, "version 4"},
+		{"later version", edit(func(b []byte) []byte { b[4] = stateVersion + 1; return b }), &VCPUState{}, fmt.Sprintf("version %d", stateVersion+1)},
 		{"version 2 in binary", edit(func(b []byte) []byte { b[4] = 2; return b }), &VCPUState{}, "version 2"},
 		{"no version", binMagic, &VCPUState{}, "truncated header"},
 		{"empty body", good.Data[:hdr], &VCPUState{}, "id: truncated"},
 		{"truncated", good.Data[:len(good.Data)-1], &VCPUState{}, "cpuid"},
-		{"trailing data", append(bytes.Clone(good.Data), 0), &VCPUState{}, "trailing"},
+		{"a byte after cpuid", append(bytes.Clone(good.Data), 0), &VCPUState{}, "tsc_offset: truncated"},
+		{"trailing data", append(bytes.Clone(withOffset.Data), 0), &VCPUState{}, "trailing"},
+		{"another field after cpuid", binary.LittleEndian.AppendUint32(binary.LittleEndian.AppendUint16(bytes.Clone(good.Data), 99), 0),
+			&VCPUState{}, "field 99 where tsc_offset"},
+		{"short tsc offset", func() []byte {
+			b := bytes.Clone(withOffset.Data[:len(withOffset.Data)-14])
+			b = binary.LittleEndian.AppendUint32(binary.LittleEndian.AppendUint16(b, vcpuTagTSCOffset), 7)
+			return append(b, make([]byte, 7)...)
+		}(), &VCPUState{}, "tsc_offset: 7 bytes"},
+		{"tsc offset in a version 3 state", func() []byte {
+			b := bytes.Clone(withOffset.Data)
+			b[4] = 3
+			return b
+		}(), &VCPUState{}, "trailing"},
 		{"fields swapped", edit(func(b []byte) []byte {
 			binary.LittleEndian.PutUint16(b[field(vcpuTagRegs):], vcpuTagSregs)
 			return b
@@ -240,5 +264,22 @@ func BenchmarkVCPUStateCodec(b *testing.B) {
 				}
 			}
 		})
+	}
+}
+
+// A version 3 vCPU state has no TSC offset field: it decodes without one.
+func TestBinaryStateVersion3(t *testing.T) {
+	in := testVCPUState(t, 6)
+	c, err := encodeComponent("vcpu/0", in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Data[len(binMagic)] = 3
+	var out VCPUState
+	if err := decodeComponent(c, &out); err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(out, in) || out.HasTSCOffset {
+		t.Fatalf("version 3 state decoded differently (TSC offset %v %d)", out.HasTSCOffset, out.TSCOffset)
 	}
 }
