@@ -36,10 +36,13 @@
 // pass's bytes are written; that wait is Stats.CatchUp, and a long one
 // is followed by one more pass), it switches over:
 //
-//	Pause → TakeDirty → send those pages and the ones still dirty from the
-//	last pass, and SaveState while they are encoded → send the components
-//	→ Finish (manifest) →
+//	Pause → SaveState → TakeDirty → send those pages and the ones still
+//	dirty from the last pass → send the components → Finish (manifest) →
 //	AwaitAck
+//
+// The state is saved before the last pages are handed to the encryption
+// workers, not beside them: SaveState runs on the vCPUs' own threads,
+// which on a machine with few CPUs otherwise wait for the workers.
 //
 // The destination verifies the manifest, calls RestoreState, and only then
 // acknowledges; Migrate returns success only after verifying that
