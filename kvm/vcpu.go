@@ -343,17 +343,9 @@ type deviceAttrArg struct {
 	Addr  *uint64
 }
 
-// HasTSCOffset says whether KVM lets user space read and set the guest
-// TSC's offset from the host's (KVM_HAS_DEVICE_ATTR with the vCPU
-// attribute KVM_VCPU_TSC_OFFSET, Linux 5.16 and later).
-func (c *VCPU) HasTSCOffset() bool {
-	a := deviceAttrArg{Group: vcpuTSCCtrl, Attr: vcpuTSCOffset}
-	_, err := ioctlPtr(&c.fd, "KVM_HAS_DEVICE_ATTR", _KVM_HAS_DEVICE_ATTR, &a)
-	return err == nil
-}
-
 // TSCOffset returns the guest TSC's offset from the host's: the guest
-// reads host TSC + offset (KVM_GET_DEVICE_ATTR, KVM_VCPU_TSC_OFFSET).
+// reads host TSC + offset (KVM_GET_DEVICE_ATTR, KVM_VCPU_TSC_OFFSET, Linux
+// 5.16 and later; errors.Is(err, unix.ENXIO) where KVM lacks it).
 func (c *VCPU) TSCOffset() (uint64, error) {
 	var v uint64
 	a := deviceAttrArg{Group: vcpuTSCCtrl, Attr: vcpuTSCOffset, Addr: &v}

@@ -46,14 +46,23 @@ func nsToTicks(ns int64, khz uint32) int64 {
 	return ns/1e6*k + ns%1e6*k/1e6
 }
 
+// maxAway bounds the time away that a TSC is moved on by: a blackout of a
+// live migration is milliseconds to seconds; a kvmclock that moved further
+// had a source whose realtime clock was far from this host's, and the
+// tick arithmetic stays far from overflow.
+const maxAway = time.Hour
+
 // tscJumpOK says whether moving a TSC from the offset the MSR restore gave
 // (ofsMSR) to ofsNew moves it forward by at most the time the guest was
-// away (awayNs, kvmclock's advance) plus tscSlack, and back by at most
-// tscSlack.
+// away (awayNs, kvmclock's advance, at most maxAway) plus tscSlack, and
+// back by at most tscSlack.
 func tscJumpOK(ofsNew, ofsMSR uint64, awayNs int64, khz uint32) bool {
+	if awayNs < 0 || awayNs > int64(maxAway) {
+		return false
+	}
 	jump := int64(ofsNew - ofsMSR)
 	slack := nsToTicks(int64(tscSlack), khz)
-	return awayNs >= 0 && jump >= -slack && jump <= nsToTicks(awayNs, khz)+slack
+	return jump >= -slack && jump <= nsToTicks(awayNs, khz)+slack
 }
 
 // advanceTSCs moves every vCPU's TSC on by the time the guest was away,

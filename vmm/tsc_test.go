@@ -78,6 +78,8 @@ func TestTSCJumpOK(t *testing.T) {
 		{"back past the slack", back(slack + 1), 80e6, false},
 		{"a source scaled elsewhere", 1 << 50, 80e6, false},
 		{"kvmclock went back", 0, -1, false},
+		{"away longer than maxAway", 0, int64(maxAway) + 1, false},
+		{"away as long as maxAway", 0, int64(maxAway), true},
 	} {
 		if got := tscJumpOK(1<<62+tc.jump, 1<<62, tc.awayNs, khz); got != tc.ok {
 			t.Errorf("%s: tscJumpOK = %v, want %v", tc.name, got, tc.ok)
