@@ -27,13 +27,13 @@ type l1Config struct {
 // l1Cmdline is L1's kernel command line. panic=-1 with QEMU's -no-reboot
 // turns a panic into QEMU exiting; nokaslr keeps addresses in dumps of a
 // wedged L1 readable; mitigations=off saves emulated work on a throwaway
-// machine. tsc=reliable: TCG's TSC is one clock for every vCPU, read from
-// the host's, but L1 (an AMD model without invariant TSC) would mark it
-// unstable and keep time with the emulated HPET. Then every clock read in
-// L1 is a system call and an emulated MMIO read, and L1's KVM has no
-// master clock: KVM_GET_CLOCK gives no realtime or host TSC, so a
-// migrated guest's kvmclock and TSC could not be moved on (vmm/tsc.go).
-const l1Cmdline = "console=ttyS0 quiet panic=-1 nokaslr mitigations=off tsc=reliable"
+// machine. L1 keeps time with the emulated HPET: it marks TCG's TSC
+// unstable. tsc=reliable (TSC clocksource, a KVM master clock, so that
+// KVM_GET_CLOCK gives the realtime and host TSC vmm/tsc.go needs) was
+// tried and reverted: with it, 2-vCPU L2 guests stalled (RCU: "timer
+// wakeup didn't happen"), hung at boot or triple-faulted: 5 failures in
+// one full suite and 2 in one 6-round bench, none before it this session.
+const l1Cmdline = "console=ttyS0 quiet panic=-1 nokaslr mitigations=off"
 
 func (c l1Config) args() []string {
 	a := []string{
