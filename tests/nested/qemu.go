@@ -31,7 +31,7 @@ type l1Config struct {
 // unstable. tsc=reliable (TSC clocksource, a KVM master clock, so that
 // KVM_GET_CLOCK gives the realtime and host TSC vmm/tsc.go needs) was
 // tried and reverted: with it, 2-vCPU L2 guests stalled (RCU: "timer
-// wakeup didn't happen"), hung at boot or triple-faulted: 5 failures in
+// wakeup didn't happen"), hung at boot or triple-faulted: 3 failures in
 // one full suite and 2 in one 6-round bench, none before it this session.
 const l1Cmdline = "console=ttyS0 quiet panic=-1 nokaslr mitigations=off"
 
