@@ -154,7 +154,8 @@ func (v *vcpu) run(started chan<- struct{}) error {
 	// A vCPU goes from KVM_RUN to KVM_RUN without the scheduler: pass
 	// through it now and then so that sysmon does not keep taking the P
 	// and polling every 20 us (package sched). Locked to its thread, each
-	// pass costs two thread wake-ups, hence the longer period.
+	// pass costs two thread wake-ups, hence the longer period; while those
+	// are slow (a migration's workers on every CPU) the Yielder backs off.
 	yield := sched.Yielder{Every: 5 * time.Millisecond}
 	// exited and handled: when the last KVM_RUN returned with an exit to
 	// serve, and when serving it ended.
@@ -164,7 +165,7 @@ func (v *vcpu) run(started chan<- struct{}) error {
 		if !exited.IsZero() {
 			if d := time.Since(exited); d >= slowExit {
 				v.m.log.Debug("slow vCPU exit timing", "vcpu", v.id, "reason", v.cpu.ExitReason(), "took", d,
-					"serve", handled.Sub(exited), "yielded", yielded)
+					"serve", handled.Sub(exited), "yielded", yielded, "yield_period", yield.Period())
 			}
 			exited = time.Time{}
 		}
