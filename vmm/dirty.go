@@ -99,6 +99,7 @@ func (m *Machine) StartDirtyLog() error {
 		}
 	}
 	m.mem.TakeDirty()
+	m.precopy.Store(true)
 	return nil
 }
 
@@ -164,6 +165,7 @@ func (m *Machine) protectRange(s ramSlot, first, n uint64, ones []uint64) error 
 
 // StopDirtyLog turns KVM's dirty page logging off again.
 func (m *Machine) StopDirtyLog() error {
+	m.precopy.Store(false)
 	if err := m.setDirtyLogging(false); err != nil {
 		return fmt.Errorf("stop dirty log: %w", err)
 	}

@@ -179,6 +179,9 @@ type Machine struct {
 	// lostDirty holds, per RAM region, the dirty logs of slots deleted
 	// while logging, until TakeDirty reports them.
 	lostDirty [][]uint64
+	// precopy is set from StartDirtyLog to StopDirtyLog (a migration
+	// copying memory); vCPUs read it without layoutMu.
+	precopy atomic.Bool
 	// layoutHold keeps vCPUs out of KVM_RUN while slots change; holdDone
 	// (guarded by holdMu) is closed when the change is over.
 	layoutHold atomic.Bool

@@ -154,18 +154,25 @@ func (v *vcpu) run(started chan<- struct{}) error {
 	// A vCPU goes from KVM_RUN to KVM_RUN without the scheduler: pass
 	// through it now and then so that sysmon does not keep taking the P
 	// and polling every 20 us (package sched). Locked to its thread, each
-	// pass costs two thread wake-ups, hence the longer period; while those
-	// are slow (a migration's workers on every CPU) the Yielder backs off.
+	// pass costs two thread wake-ups, hence the longer period. While a
+	// migration copies memory its workers keep every CPU busy, those
+	// wake-ups wait for a CPU, and the Yielder backs off.
 	yield := sched.Yielder{Every: 5 * time.Millisecond}
 	// exited and handled: when the last KVM_RUN returned with an exit to
 	// serve, and when serving it ended.
 	var exited, handled time.Time
 	for {
+		yield.Backoff = v.m.precopy.Load()
 		yielded := yield.Maybe()
 		if !exited.IsZero() {
 			if d := time.Since(exited); d >= slowExit {
-				v.m.log.Debug("slow vCPU exit timing", "vcpu", v.id, "reason", v.cpu.ExitReason(), "took", d,
-					"serve", handled.Sub(exited), "yielded", yielded, "yield_period", yield.Period())
+				attrs := []any{"vcpu", v.id, "reason", v.cpu.ExitReason(), "took", d,
+					"serve", handled.Sub(exited), "yielded", yielded, "yield_period", yield.Period()}
+				if v.cpu.ExitReason() == kvm.ExitIO {
+					io := v.cpu.IO()
+					attrs = append(attrs, "port", fmt.Sprintf("%#x", io.Port), "out", io.Direction == kvm.IOOut)
+				}
+				v.m.log.Debug("slow vCPU exit timing", attrs...)
 			}
 			exited = time.Time{}
 		}

@@ -100,8 +100,14 @@ func testSplitSlotsDirtyLog(t *testing.T, manual bool) {
 		t.Fatalf("%d slots after a split, want 3", len(m.slots))
 	}
 	waitCounter(t, m, a, counter(t, m, a))
+	if m.precopy.Load() {
+		t.Fatal("precopy (the vCPUs' yield back-off) is on before StartDirtyLog")
+	}
 	if err := m.StartDirtyLog(); err != nil {
 		t.Fatal(err)
+	}
+	if !m.precopy.Load() {
+		t.Error("precopy (the vCPUs' yield back-off) is off after StartDirtyLog")
 	}
 	if m.manualDirty != manual {
 		if manual {
@@ -134,6 +140,9 @@ func testSplitSlotsDirtyLog(t *testing.T, manual bool) {
 	}
 	if err := m.StopDirtyLog(); err != nil {
 		t.Fatal(err)
+	}
+	if m.precopy.Load() {
+		t.Error("precopy (the vCPUs' yield back-off) is still on after StopDirtyLog")
 	}
 	// No slot over the counter: every increment exits and is completed
 	// on the backing page.

@@ -15,9 +15,8 @@
 //
 // Yielder lets such a loop pass through the scheduler every few
 // milliseconds instead, which is enough for sysmon to back off to its
-// 10 ms period. While yields are slow (every CPU busy, as during a
-// migration) it yields less often, up to once a second, since each yield
-// then holds the loop up for longer than sysmon's polling costs. The vCPU
-// loop, virtio-net's event loop and the virtio queue workers (disk,
-// entropy, console) use it.
+// 10 ms period. The vCPU loop, virtio-net's event loop and the virtio
+// queue workers (disk, entropy, console) use it. A vCPU backs off while
+// a migration copies memory: its yields are slow then, each holding the
+// guest up for longer than sysmon's polling costs (Yielder.Backoff).
 package sched
