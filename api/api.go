@@ -177,8 +177,11 @@ type MigrateResult struct {
 	DowntimeMs float64 `json:"downtime_ms"`
 	LastPassMs float64 `json:"last_pass_ms"`
 	StateMs    float64 `json:"state_ms"`
-	RestoreMs  float64 `json:"restore_ms"`
-	ResumeMs   float64 `json:"resume_ms"`
+	// RestoreMs is the wait for the destination's acknowledgement, its
+	// restore included; DowntimeMs ends with it. The destination starts
+	// the vCPUs after it has acknowledged (its log says when), so that a
+	// lost acknowledgement never leaves the guest running on both hosts.
+	RestoreMs float64 `json:"restore_ms"`
 	// CatchUpMs is how long pre-copy waited, the guest running, for the
 	// destination to apply what was sent before the blackout.
 	CatchUpMs       float64 `json:"catch_up_ms,omitempty"`

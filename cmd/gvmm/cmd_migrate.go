@@ -151,8 +151,8 @@ func migrateCmd(ctx context.Context, e *env, args []string) error {
 
 // printMigrateResult prints a migration's final figures, one per line.
 func printMigrateResult(w io.Writer, r api.MigrateResult) {
-	fmt.Fprintf(w, "migrated: total %.0f ms, downtime %.1f ms (last dirty pass %.1f, device+vCPU state %.1f, restore %.1f, resume %.1f)\n",
-		r.TotalMs, r.DowntimeMs, r.LastPassMs, r.StateMs, r.RestoreMs, r.ResumeMs)
+	fmt.Fprintf(w, "migrated: total %.0f ms, downtime %.1f ms (last dirty pass %.1f, device+vCPU state %.1f, restore %.1f; the destination resumes the guest after that)\n",
+		r.TotalMs, r.DowntimeMs, r.LastPassMs, r.StateMs, r.RestoreMs)
 	fmt.Fprintf(w, "migrated: %s on the wire, %d pages sent (%d zero, %d compressed), %d passes, throttle up to %d%%, waited %.1f ms for the destination to catch up\n",
 		vmm.FormatSize(r.WireBytes), r.PagesSent, r.ZeroPages, r.CompressedPages, r.Passes, r.MaxThrottle, r.CatchUpMs)
 	if h := r.Handshake; h != nil {
