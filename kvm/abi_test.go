@@ -281,7 +281,6 @@ var ioctls = map[string]uint64{
 	"KVM_GET_TSC_KHZ":                _KVM_GET_TSC_KHZ,
 	"KVM_SET_TSC_KHZ":                _KVM_SET_TSC_KHZ,
 	"KVM_KVMCLOCK_CTRL":              _KVM_KVMCLOCK_CTRL,
-	"KVM_HAS_DEVICE_ATTR":            _KVM_HAS_DEVICE_ATTR,
 	"KVM_GET_DEVICE_ATTR":            _KVM_GET_DEVICE_ATTR,
 	"KVM_SET_DEVICE_ATTR":            _KVM_SET_DEVICE_ATTR,
 }

@@ -175,7 +175,7 @@ static const struct gvmm_entry gvmm_entries[] = {
 	K(KVM_SET_LAPIC), K(KVM_GET_VCPU_EVENTS), K(KVM_SET_VCPU_EVENTS), K(KVM_GET_MP_STATE),
 	K(KVM_SET_MP_STATE), K(KVM_GET_DEBUGREGS), K(KVM_SET_DEBUGREGS), K(KVM_SET_CPUID2),
 	K(KVM_GET_CPUID2), K(KVM_GET_TSC_KHZ), K(KVM_SET_TSC_KHZ), K(KVM_KVMCLOCK_CTRL),
-	K(KVM_HAS_DEVICE_ATTR), K(KVM_GET_DEVICE_ATTR), K(KVM_SET_DEVICE_ATTR),
+	K(KVM_GET_DEVICE_ATTR), K(KVM_SET_DEVICE_ATTR),
 };
 
 static int gvmm_nentries(void) { return sizeof(gvmm_entries) / sizeof(gvmm_entries[0]); }
